@@ -1,0 +1,157 @@
+"""One command-line parser for every entry point: [CONFIG_FILE] [--preset NAME] [--key=value ...].
+
+Precedence: defaults < preset (and size) < config file < command line. Values are type-checked
+against the schema. Errors are one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from modgpt import config as C
+from modgpt.presets import PRESETS, SIZE_KEYS, SIZES
+
+
+@dataclass
+class Args:
+    config: C.Config
+    explicit: set[str]  # keys set by a config file or the command line
+    preset: str | None = None
+    config_file: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)  # entry-point specific options
+    positional: list[str] = field(default_factory=list)
+
+
+def fail(msg: str, code: int = 2):
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Execute a python config file (nanoGPT style) and take its public, non-module globals."""
+    if not os.path.isfile(path):
+        raise C.ConfigError(f"config file '{path}' not found")
+    try:
+        ns = runpy.run_path(path)
+    except Exception as e:  # the file itself failed: say where, in one line
+        raise C.ConfigError(f"config file '{path}' failed to execute: {type(e).__name__}: {e}") from None
+    out = {}
+    for k, v in ns.items():
+        if k.startswith("_") or callable(v) or type(v).__name__ == "module":
+            continue
+        if k == "preset":
+            out["__preset__"] = v
+            continue
+        C.check_key(k)
+        out[k] = C.coerce(k, v)
+    return out
+
+
+def usage(prog: str, extra_flags: dict[str, str]) -> str:
+    lines = [f"usage: {prog} [CONFIG_FILE] [--preset NAME] [--key=value ...]"]
+    lines.append(f"  --preset: {', '.join(PRESETS)}   --size: auto, none, {', '.join(SIZES)}")
+    for name, helptext in extra_flags.items():
+        lines.append(f"  --{name}: {helptext}")
+    lines.append("options (section: name = default):")
+    for key, sec in C.KEY_SECTION.items():
+        choices = f"  [{' | '.join(C.CHOICES[key])}]" if key in C.CHOICES else ""
+        lines.append(f"  {sec:<7} --{key}={C.KEY_DEFAULT[key]!r}{choices}")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None, prog: str = "modgpt", extra_flags: dict[str, str] | None = None,
+          allow_positional: bool = False, base: dict[str, Any] | None = None) -> Args:
+    """Parse argv; on a bad value print one line and exit 2. extra_flags: name -> help for non-config flags.
+
+    Extra flags take `--name=value`, `--name value` or bare `--name` (True).
+    """
+    extra_flags = extra_flags or {}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _parse(argv, prog, extra_flags, allow_positional, base or {})
+    except C.ConfigError as e:
+        fail(str(e))
+
+
+def _parse(argv, prog, extra_flags, allow_positional, base) -> Args:
+    preset = None
+    config_file = None
+    cmd: dict[str, Any] = {}
+    flags: dict[str, Any] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a in ("-h", "--help"):
+            print(usage(prog, extra_flags))
+            raise SystemExit(0)
+        if not a.startswith("--"):
+            if a.endswith(".py") and config_file is None:
+                config_file = a
+            elif allow_positional:
+                positional.append(a)
+            else:
+                raise C.ConfigError(f"unexpected argument '{a}': give a config file (.py) or --key=value options")
+            continue
+        key, eq, value = a[2:].partition("=")
+        key = key.replace("-", "_") if key not in C.KEY_SECTION and key.replace("-", "_") in C.KEY_SECTION else key
+        if key in extra_flags or key == "preset":
+            if not eq:
+                # `--name value` unless the next token is another option; bare `--name` means True
+                if i < len(argv) and not argv[i].startswith("--"):
+                    value, i = argv[i], i + 1
+                else:
+                    value = True
+            if key == "preset":
+                preset = value
+            else:
+                flags[key] = value
+            continue
+        if not eq:
+            if i < len(argv) and not argv[i].startswith("--"):
+                value, i = argv[i], i + 1
+            elif key in C.KEY_TYPE and C.KEY_TYPE[key] is bool:
+                value = "True"
+            else:
+                C.check_key(key)
+                raise C.ConfigError(f"option '--{key}' needs a value: --{key}=VALUE")
+        if key not in C.KEY_SECTION:
+            valid = list(C.KEY_SECTION) + list(extra_flags) + ["preset"]
+            raise C.ConfigError(f"unknown option '--{key}'{C.suggest(key, valid)}; see {prog} --help")
+        cmd[key] = C.coerce(key, value)
+
+    from_file = read_config_file(config_file) if config_file else {}
+    preset = preset or from_file.pop("__preset__", None)
+    from_file.pop("__preset__", None)
+    flat: dict[str, Any] = dict(base)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise C.ConfigError(f"unknown preset '{preset}'{C.suggest(str(preset), PRESETS)}; "
+                                f"valid presets: {', '.join(PRESETS)}")
+        flat.update(PRESETS[preset])
+    explicit = set(from_file) | set(cmd)
+    layered = {**from_file, **cmd}
+    size = layered.get("size", flat.get("size"))
+    if size in SIZES:
+        flat.update(SIZES[size])
+    flat.update(layered)
+    cfg = C.from_flat(flat)
+    return Args(config=cfg, explicit=explicit, preset=preset, config_file=config_file, flags=flags,
+                positional=positional)
+
+
+def describe_sources(args: Args) -> str:
+    src = [f"preset={args.preset}" if args.preset else "no preset"]
+    if args.config_file:
+        src.append(f"file={args.config_file}")
+    if args.explicit:
+        src.append("set: " + ", ".join(sorted(args.explicit)))
+    return "config: " + "; ".join(src)
+
+
+def explicit_sizes(args: Args) -> bool:
+    return bool(args.explicit & set(SIZE_KEYS))

@@ -1,0 +1,414 @@
+"""The one config schema: frozen dataclasses of strings and numbers, validation, JSON io, names.
+
+Both backends take a whole `Config` (or its `.model`) and map the strings to their own objects.
+This module imports neither jax nor torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# Component names live here, once. Each backend registers exactly one implementation per name
+# (tests/test_registries assert it), and the parity suite enumerates these lists.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "normalization": ("layernorm", "layernorm_nobias", "rmsnorm"),
+    "activation": ("gelu", "silu", "relu", "leaky_relu"),
+    "position_encoding": ("learned_absolute", "rope", "none"),
+    "attention_backend": ("sdpa", "manual"),
+    "norm_position": ("pre", "post"),
+    "ffn_type": ("standard", "swiglu", "glu"),
+    "dtype": ("float32", "bfloat16", "float16"),
+    "parallel": ("none", "ddp", "zero1", "fsdp"),
+    "device": ("auto", "cpu", "cuda", "gpu"),
+    "size": ("auto", "none"),  # plus the names in presets.SIZES, checked there
+}
+# The registry kinds that both backends implement (a subset of CHOICES).
+COMPONENT_KINDS = ("normalization", "activation", "position_encoding", "attention_backend", "ffn_type")
+# leaky_relu's negative slope: fixed, the default of both torch.nn.LeakyReLU and jax.nn.leaky_relu.
+LEAKY_RELU_SLOPE = 0.01
+# Gated FFN hidden size = 8/3 * n_embd rounded up to a multiple of this (unless ffn_hidden is set).
+FFN_MULTIPLE_OF = 32
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the option and valid choices."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture: sizes plus one name per component kind."""
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304
+    normalization: str = "layernorm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu"
+    position_encoding: str = "learned_absolute"
+    rope_theta: float = 10000.0
+    attention_backend: str = "sdpa"
+    norm_position: str = "pre"
+    ffn_type: str = "standard"
+    ffn_hidden: int = 0  # 0 = the rule: 4 x n_embd (standard) or 8/3 x n_embd rounded up (gated)
+    bias: bool = True
+    weight_tying: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    # -- derived fields (computed from the frozen fields; never stored) --
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def gated(self) -> bool:
+        return self.ffn_type in ("swiglu", "glu")
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        if self.gated:
+            return FFN_MULTIPLE_OF * math.ceil(8 * self.n_embd / 3 / FFN_MULTIPLE_OF)
+        return 4 * self.n_embd
+
+    @property
+    def ffn_activation(self) -> str:
+        """The activation the FFN applies: swiglu always gates with silu; glu/standard use `activation`."""
+        return "silu" if self.ffn_type == "swiglu" else self.activation
+
+    @property
+    def final_norm(self) -> bool:
+        """Pre-norm stacks end with a final norm; post-norm outputs are already normalized."""
+        return self.norm_position == "pre"
+
+    @property
+    def norm_has_bias(self) -> bool:
+        return self.normalization == "layernorm"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, data, evaluation, logging and checkpointing."""
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_iters: int = 100
+    lr_decay_iters: int = 5000
+    max_iters: int = 5000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    seed: int = 1337
+    dtype: str = "float32"
+    compile: bool = False
+    dataset: str = "shakespeare_char"
+    data_dir: str = "data"
+    out_dir: str = ""  # "" = runs/<time>-<backend>-<arch>
+    init_from: str = "scratch"  # scratch | resume | nanogpt:PATH | FILE.safetensors
+    keep_checkpoints: int = 3
+    skip_nonfinite: bool = False  # skip steps with non-finite loss/grads instead of stopping
+    progress: bool = True  # a progress bar on a terminal; plain lines otherwise
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """Where and how it runs: device, parallelism, memory/compile knobs, hardware peak override."""
+    device: str = "auto"
+    size: str = "auto"  # auto: a CPU-sized model on a machine without an accelerator (see presets)
+    parallel: str = "none"  # torch: none | ddp | zero1 | fsdp (under torchrun)
+    mesh_data: int = -1  # jax mesh axes; -1 = all remaining devices
+    mesh_fsdp: int = 1
+    remat: bool = False  # jax activation checkpointing per block
+    scan_layers: bool = False  # jax nnx.scan over blocks
+    peak_tflops: float = 0.0  # 0 = look the device up in modgpt.hardware
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "system": SystemConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs; passed whole into constructors."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+    def replace(self, **flat: Any) -> "Config":
+        """A copy with flat keys (e.g. n_layer=4, dtype="bfloat16") changed, then validated."""
+        return from_flat({**to_flat(self), **flat})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat key index: every option name is unique across sections, so `--n_layer=4` is unambiguous.
+KEY_SECTION: dict[str, str] = {}
+KEY_TYPE: dict[str, type] = {}
+KEY_DEFAULT: dict[str, Any] = {}
+for _sec, _cls in SECTIONS.items():
+    _defaults = _cls()
+    for _f in fields(_cls):
+        assert _f.name not in KEY_SECTION, f"duplicate option name {_f.name}"
+        KEY_SECTION[_f.name] = _sec
+        KEY_TYPE[_f.name] = type(getattr(_defaults, _f.name))
+        KEY_DEFAULT[_f.name] = getattr(_defaults, _f.name)
+
+
+def suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_key(key: str) -> None:
+    if key not in KEY_SECTION:
+        raise ConfigError(f"unknown option '{key}'{suggest(key, KEY_SECTION)}; "
+                          f"see `python -m modgpt.config --help` for the list")
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Type-check (and convert strings from the command line) against the schema's type."""
+    check_key(key)
+    want = KEY_TYPE[key]
+    if isinstance(value, str) and want is not str:
+        return parse_str(key, value, want)
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"option '{key}' must be True or False, got {value!r}")
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"option '{key}' must be an integer, got {value!r}")
+        return value
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"option '{key}' must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"option '{key}' must be a string, got {value!r}")
+    return value
+
+
+def parse_str(key: str, text: str, want: type) -> Any:
+    if want is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"option '{key}' must be True or False, got '{text}'")
+    try:
+        if want is int:
+            f = float(text)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        return float(text)
+    except ValueError:
+        kind = "an integer" if want is int else "a number"
+        raise ConfigError(f"option '{key}' must be {kind}, got '{text}'") from None
+
+
+def to_flat(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sec in SECTIONS:
+        out.update(dataclasses.asdict(getattr(cfg, sec)))
+    return out
+
+
+def from_flat(flat: dict[str, Any]) -> Config:
+    """Build and validate a Config from flat keys (missing keys take the defaults)."""
+    parts: dict[str, dict[str, Any]] = {sec: {} for sec in SECTIONS}
+    for key, value in flat.items():
+        parts[KEY_SECTION[key] if key in KEY_SECTION else check_key(key)][key] = coerce(key, value)
+    cfg = Config(**{sec: SECTIONS[sec](**kw) for sec, kw in parts.items()})
+    validate(cfg)
+    return cfg
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Inverse of Config.to_dict (sections of keys); unknown sections or keys are errors."""
+    flat: dict[str, Any] = {}
+    for sec, kw in d.items():
+        if sec not in SECTIONS:
+            raise ConfigError(f"unknown config section '{sec}'{suggest(sec, SECTIONS)}; "
+                              f"valid sections: {', '.join(SECTIONS)}")
+        for key, value in kw.items():
+            check_key(key)
+            if KEY_SECTION[key] != sec:
+                raise ConfigError(f"option '{key}' belongs in section '{KEY_SECTION[key]}', not '{sec}'")
+            flat[key] = value
+    return from_flat(flat)
+
+
+def from_json(text: str) -> Config:
+    return from_dict(json.loads(text))
+
+
+def load_json(path: str) -> Config:
+    with open(path) as f:
+        return from_json(f.read())
+
+
+def _choice(key: str, value: str) -> None:
+    if value not in CHOICES[key]:
+        raise ConfigError(f"option '{key}' must be one of {', '.join(CHOICES[key])}; "
+                          f"got '{value}'{suggest(value, CHOICES[key])}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError (one line) for the first problem found."""
+    m, t, s = cfg.model, cfg.train, cfg.system
+    for key in ("normalization", "activation", "position_encoding", "attention_backend",
+                "norm_position", "ffn_type"):
+        _choice(key, getattr(m, key))
+    _choice("dtype", t.dtype)
+    _choice("parallel", s.parallel)
+    _choice("device", s.device)
+    from modgpt.presets import SIZES  # local import: presets imports this module
+    if s.size not in CHOICES["size"] and s.size not in SIZES:
+        valid = list(CHOICES["size"]) + list(SIZES)
+        raise ConfigError(f"option 'size' must be one of {', '.join(valid)}; got '{s.size}'"
+                          f"{suggest(s.size, valid)}")
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
+                "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
+                "keep_checkpoints"):
+        sec = getattr(cfg, KEY_SECTION[key])
+        if getattr(sec, key) < 1:
+            raise ConfigError(f"option '{key}' must be >= 1, got {getattr(sec, key)}")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "ffn_hidden", "seed"):
+        sec = getattr(cfg, KEY_SECTION[key])
+        if getattr(sec, key) < 0:
+            raise ConfigError(f"option '{key}' must be >= 0, got {getattr(sec, key)}")
+    if m.n_embd % m.n_head:
+        raise ConfigError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    if m.position_encoding == "rope" and m.head_dim % 2:
+        raise ConfigError(f"position_encoding 'rope' needs an even head dim; "
+                          f"n_embd/n_head = {m.n_embd}/{m.n_head} = {m.head_dim}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"option 'dropout' must be in [0, 1), got {m.dropout}")
+    for key, val in (("norm_eps", m.norm_eps), ("rope_theta", m.rope_theta), ("init_std", m.init_std)):
+        if not val > 0:
+            raise ConfigError(f"option '{key}' must be > 0, got {val}")
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "adam_eps"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"option '{key}' must be >= 0, got {getattr(t, key)}")
+    if t.min_lr > t.learning_rate:
+        raise ConfigError(f"min_lr ({t.min_lr}) must not exceed learning_rate ({t.learning_rate})")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(t, key) < 1.0:
+            raise ConfigError(f"option '{key}' must be in [0, 1), got {getattr(t, key)}")
+    if s.peak_tflops < 0:
+        raise ConfigError(f"option 'peak_tflops' must be >= 0 (0 = look up the device), got {s.peak_tflops}")
+    for key in ("mesh_data", "mesh_fsdp"):
+        v = getattr(s, key)
+        if v == 0 or v < -1:
+            raise ConfigError(f"option '{key}' must be a positive device count or -1 (all remaining), got {v}")
+    if s.mesh_data == -1 and s.mesh_fsdp == -1:
+        raise ConfigError("only one of mesh_data and mesh_fsdp may be -1")
+    init = t.init_from
+    if not (init in ("scratch", "resume") or init.startswith("nanogpt:") or init.endswith(".safetensors")):
+        raise ConfigError(f"option 'init_from' must be scratch, resume, nanogpt:PATH or FILE.safetensors; "
+                          f"got '{init}'")
+    if not t.dataset:
+        raise ConfigError("option 'dataset' must not be empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and the summary tree.
+_POS = {"learned_absolute": "Learned", "rope": "RoPE", "none": "NoPE"}
+_NORM = {"layernorm": "LN", "layernorm_nobias": "LNnb", "rmsnorm": "RMS"}
+_ACT = {"gelu": "GELU", "silu": "SiLU", "relu": "ReLU", "leaky_relu": "LeakyReLU"}
+_GLU = {"gelu": "GeGLU", "silu": "SwiGLU", "relu": "ReGLU", "leaky_relu": "LeakyGLU"}
+
+
+def ffn_label(m: ModelConfig) -> str:
+    return _GLU[m.ffn_activation] if m.gated else _ACT[m.activation]
+
+
+def arch_name(m: ModelConfig) -> str:
+    """e.g. 12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm; flags that differ between runs are appended."""
+    parts = [f"{m.n_layer}L", f"{m.n_head}H", f"{m.n_embd}D", _POS[m.position_encoding],
+             _NORM[m.normalization], ffn_label(m), "PreNorm" if m.norm_position == "pre" else "PostNorm"]
+    if m.bias:
+        parts.append("Bias")
+    if m.weight_tying:
+        parts.append("Tied")
+    if m.attention_backend != "sdpa":
+        parts.append(m.attention_backend.capitalize())
+    if m.dropout:
+        parts.append(f"Drop{m.dropout:g}")
+    return "-".join(parts)
+
+
+def summary_tree(cfg: Config, params: int | None = None, flops_per_token: float | None = None) -> str:
+    """The startup architecture summary both backends print."""
+    m = cfg.model
+    if params is None or flops_per_token is None:
+        from modgpt.flops import count  # local: flops imports config
+        c = count(m)
+        params, flops_per_token = c.params, c.flops_per_token
+    act = (f"{m.ffn_type} ({_ACT[m.ffn_activation]} gate)" if m.gated else m.activation)
+    pos = m.position_encoding + (f" (theta={m.rope_theta})" if m.position_encoding == "rope" else "")
+    ratio = m.ffn_hidden_size / m.n_embd
+    rows = [
+        ("Architecture Name", arch_name(m)),
+        ("Parameters", f"{params:,} ({params / 1e6:.2f}M)"),
+        ("FLOPs/token (train)", f"{flops_per_token:,.0f} ({flops_per_token / 1e9:.3f} GFLOP)"),
+    ]
+    tree = [
+        ("Normalization", m.normalization + (f" (eps={m.norm_eps:g})")),
+        ("Activation", act),
+        ("Position Encoding", pos),
+        ("Attention Backend", m.attention_backend),
+        ("Norm Position", m.norm_position),
+        ("FFN Type", f"{m.ffn_type} ({ratio:.2f}x expansion, hidden {m.ffn_hidden_size})"),
+        ("Bias", "Yes" if m.bias else "No"),
+        ("Weight Tying", "Yes" if m.weight_tying else "No"),
+        ("Dropout", f"{m.dropout:.3f}"),
+    ]
+    lines = ["MODEL ARCHITECTURE:"]
+    lines += [f"  {k + ':':<23}{v}" for k, v in rows]
+    for i, (k, v) in enumerate(tree):
+        branch = "'-" if i == len(tree) - 1 else "|-"
+        lines.append(f"  {branch} {k + ':':<20}{v}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m modgpt.config [CONFIG_FILE] [--preset NAME] [--key=value ...] [--json]"""
+    from modgpt import cli
+    args = cli.parse(argv, prog="python -m modgpt.config", extra_flags={"json": "print the resolved config as JSON"})
+    cfg = args.config
+    if args.flags.get("json"):
+        print(json.dumps({**cfg.to_dict(), "arch_name": arch_name(cfg.model)}, indent=2))
+    else:
+        print(cli.describe_sources(args))
+        for sec in SECTIONS:
+            print(f"[{sec}]")
+            for k, v in dataclasses.asdict(getattr(cfg, sec)).items():
+                print(f"  {k:<28}= {v!r}")
+        print(summary_tree(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

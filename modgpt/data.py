@@ -1,0 +1,148 @@
+"""Tokenizers and the shared, seeded batch sampler over uint16 memmapped shards (numpy only).
+
+The batch for (seed, split, iteration, micro_step) is a pure function of those numbers, so both
+backends see identical batches and a resumed run continues with exactly the batches an
+uninterrupted run would have drawn. Under data parallelism each process takes its contiguous
+slice of the same global batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+SPLITS = {"train": 0, "val": 1}
+
+
+class DataError(RuntimeError):
+    """Missing, truncated or inconsistent prepared data; the message says what to run."""
+
+
+def dataset_dir(data_dir: str, dataset: str) -> str:
+    return os.path.join(data_dir, dataset)
+
+
+def load_meta(path_dir: str) -> dict:
+    p = os.path.join(path_dir, "meta.json")
+    if not os.path.isfile(p):
+        raise DataError(f"no prepared data in '{path_dir}' (meta.json missing); run "
+                        f"`python -m modgpt.prepare {os.path.basename(path_dir)} --data_dir "
+                        f"{os.path.dirname(path_dir) or '.'}`")
+    try:
+        with open(p) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"'{p}' is not valid JSON ({e}); re-run `python -m modgpt.prepare`") from None
+    for key in ("tokenizer", "vocab_size", "train_tokens", "val_tokens"):
+        if key not in meta:
+            raise DataError(f"'{p}' lacks '{key}'; re-run `python -m modgpt.prepare`")
+    return meta
+
+
+def open_split(path_dir: str, split: str, meta: dict) -> np.memmap:
+    p = os.path.join(path_dir, f"{split}.bin")
+    if not os.path.isfile(p):
+        raise DataError(f"'{p}' is missing; re-run `python -m modgpt.prepare`")
+    want = meta[f"{split}_tokens"]
+    size = os.path.getsize(p)
+    if size != 2 * want:
+        raise DataError(f"'{p}' has {size} bytes but meta.json says {want} uint16 tokens "
+                        f"({2 * want} bytes): truncated or corrupt; re-run `python -m modgpt.prepare`")
+    return np.memmap(p, dtype=np.uint16, mode="r")
+
+
+class BatchSampler:
+    """Random (B, T) windows from train.bin / val.bin, deterministic in (seed, split, iter, micro)."""
+
+    def __init__(self, path_dir: str, block_size: int, batch_size: int, seed: int,
+                 vocab_size: int | None = None, rank: int = 0, world: int = 1):
+        self.dir = path_dir
+        self.meta = load_meta(path_dir)
+        if vocab_size is not None and self.meta["vocab_size"] > vocab_size:
+            raise DataError(f"data in '{path_dir}' has vocab_size {self.meta['vocab_size']} but the "
+                            f"model's vocab_size is {vocab_size}; set --vocab_size={self.meta['vocab_size']} "
+                            f"or more")
+        self.data = {s: open_split(path_dir, s, self.meta) for s in SPLITS}
+        for s, arr in self.data.items():
+            if len(arr) <= block_size + 1:
+                raise DataError(f"split '{s}' in '{path_dir}' has {len(arr)} tokens, fewer than "
+                                f"block_size+2 = {block_size + 2}; use a smaller --block_size")
+        if batch_size % world:
+            raise DataError(f"global batch_size {batch_size} is not divisible by the {world} processes")
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.rank, self.world = rank, world
+
+    def offsets(self, split: str, iteration: int, micro_step: int = 0) -> np.ndarray:
+        """Start offsets of the global batch (length batch_size)."""
+        rng = np.random.default_rng([self.seed, SPLITS[split], iteration, micro_step])
+        return rng.integers(0, len(self.data[split]) - self.block_size - 1, size=self.batch_size)
+
+    def get(self, split: str, iteration: int, micro_step: int = 0, local: bool = True):
+        """(x, y) int32 arrays (B, T): this process's slice of the global batch when local."""
+        ix = self.offsets(split, iteration, micro_step)
+        if local and self.world > 1:
+            per = self.batch_size // self.world
+            ix = ix[self.rank * per:(self.rank + 1) * per]
+        arr = self.data[split]
+        T = self.block_size
+        x = np.stack([arr[i:i + T] for i in ix]).astype(np.int32)
+        y = np.stack([arr[i + 1:i + 1 + T] for i in ix]).astype(np.int32)
+        return x, y
+
+    def state(self) -> dict:
+        """What a checkpoint records: the sampler is stateless beyond these numbers."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "block_size": self.block_size,
+                "source_sha256": self.meta.get("source_sha256")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers: encode/decode from meta.json, used by prepare and sample.
+
+def get_tokenizer(meta: dict):
+    kind = meta["tokenizer"]
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise DataError(f"unknown tokenizer '{kind}' in meta.json; valid: char, gpt2")
+
+
+class CharTokenizer:
+    def __init__(self, chars: list[str]):
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    def encode(self, s: str) -> list[int]:
+        bad = sorted({c for c in s if c not in self.stoi})
+        if bad:
+            raise DataError(f"characters not in the char vocabulary: {''.join(bad)!r}")
+        return [self.stoi[c] for c in s]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE via tiktoken's r50k_base (same ranks as 'gpt2'; loads offline from a cache dir)."""
+    EOT = 50256
+    vocab_size = 50257
+
+    def __init__(self):
+        import tiktoken
+        try:
+            self.enc = tiktoken.get_encoding("r50k_base")
+        except Exception as e:
+            raise DataError(f"could not load the GPT-2 BPE (tiktoken r50k_base): {e}. Offline, set "
+                            f"TIKTOKEN_CACHE_DIR to a directory holding its cached ranks") from None
+
+    def encode(self, s: str) -> list[int]:
+        return self.enc.encode_ordinary(s)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode([int(i) for i in ids])

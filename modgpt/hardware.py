@@ -1,0 +1,47 @@
+"""Peak dense TFLOP/s by device name and dtype, and MFU. Unknown devices get no made-up peak."""
+from __future__ import annotations
+
+# Dense (no sparsity) peaks from the vendors' data sheets. fp16 = bf16; fp8 = 2 x bf16 on Hopper
+# and Blackwell. "float32" is the non-tensor-core rate; "tf32" the tensor-core rate torch uses
+# for fp32 matmuls when TF32 is enabled. Missing entries mean "not known": MFU stays empty.
+PEAKS: dict[str, dict[str, float]] = {
+    "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0},
+    "H100 SXM": {"float32": 67.0, "tf32": 494.0, "bfloat16": 989.0, "float16": 989.0, "fp8": 1979.0},
+    "H100 PCIe": {"float32": 51.0, "tf32": 378.0, "bfloat16": 756.0, "float16": 756.0, "fp8": 1513.0},
+    "H200": {"float32": 67.0, "tf32": 494.0, "bfloat16": 989.0, "float16": 989.0, "fp8": 1979.0},
+    "B200": {"tf32": 1100.0, "bfloat16": 2250.0, "float16": 2250.0, "fp8": 4500.0},
+    "GB200": {"tf32": 1250.0, "bfloat16": 2500.0, "float16": 2500.0, "fp8": 5000.0},
+}
+
+
+def match_device(name: str) -> str | None:
+    """Map a framework's device name (e.g. 'NVIDIA H100 80GB HBM3') to a PEAKS key, or None."""
+    n = name.upper()
+    if "GB200" in n:
+        return "GB200"
+    if "B200" in n:
+        return "B200"
+    if "H200" in n:
+        return "H200"
+    if "H100" in n:
+        return "H100 PCIe" if "PCIE" in n else "H100 SXM"  # SXM parts report "HBM3" or "SXM"
+    if "A100" in n:
+        return "A100"
+    return None
+
+
+def peak_tflops(device_name: str, dtype: str, override: float = 0.0) -> float | None:
+    """Peak TFLOP/s per device for this dtype; the override (>0) wins; None when unknown."""
+    if override and override > 0:
+        return float(override)
+    key = match_device(device_name or "")
+    if key is None:
+        return None
+    return PEAKS[key].get(dtype)
+
+
+def mfu(flops_per_token: float, tokens_per_sec: float, peak: float | None, n_devices: int = 1) -> float | None:
+    """Model FLOPs utilization as a fraction in [0, 1], or None when the peak is unknown."""
+    if not peak or tokens_per_sec <= 0:
+        return None
+    return flops_per_token * tokens_per_sec / (peak * 1e12 * n_devices)

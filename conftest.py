@@ -1,0 +1,41 @@
+"""Shared test setup: offline data paths and a prepared tiny dataset."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent
+SHARED = pathlib.Path(os.environ.get("MODGPT_SHARED", ROOT.parent / "shared"))
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+
+# Sharded JAX tests use 8 fake CPU devices; the flag must be set before jax is first imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+# Offline resources (CI has no network): tiktoken's GPT-2 ranks and Tiny Shakespeare from ../shared.
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+if SHAKESPEARE.is_file():
+    os.environ.setdefault("MODGPT_TINYSHAKESPEARE", str(SHAKESPEARE))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> str:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"Tiny Shakespeare not found at {SHAKESPEARE}")
+    return str(SHAKESPEARE)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, shakespeare_path) -> str:
+    """A data_dir holding prepared shakespeare_char (char tokenizer, vocab 65)."""
+    from modgpt.prepare import prepare
+    d = tmp_path_factory.mktemp("data")
+    prepare("shakespeare_char", [shakespeare_path], data_dir=str(d), progress=False)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def char_data(data_dir) -> str:
+    """The prepared shakespeare_char dataset directory itself."""
+    return os.path.join(data_dir, "shakespeare_char")

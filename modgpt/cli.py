@@ -116,12 +116,11 @@ def _parse(argv, prog, extra_flags, allow_positional, base) -> Args:
                 value, i = argv[i], i + 1
             elif key in C.KEY_TYPE and C.KEY_TYPE[key] is bool:
                 value = "True"
-            else:
-                C.check_key(key)
+            elif key in C.KEY_SECTION:
                 raise C.ConfigError(f"option '--{key}' needs a value: --{key}=VALUE")
         if key not in C.KEY_SECTION:
             valid = list(C.KEY_SECTION) + list(extra_flags) + ["preset"]
-            raise C.ConfigError(f"unknown option '--{key}'{C.suggest(key, valid)}; see {prog} --help")
+            raise C.ConfigError(f"unknown option '--{key}'{C.suggest(key, valid, '--')}; see {prog} --help")
         cmd[key] = C.coerce(key, value)
 
     from_file = read_config_file(config_file) if config_file else {}

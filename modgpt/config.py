@@ -171,9 +171,9 @@ for _sec, _cls in SECTIONS.items():
         KEY_DEFAULT[_f.name] = getattr(_defaults, _f.name)
 
 
-def suggest(name: str, options) -> str:
+def suggest(name: str, options, prefix: str = "") -> str:
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def check_key(key: str) -> None:

@@ -107,7 +107,7 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True) -> Ru
         saved_path = os.path.join(cfg.train.out_dir, CONFIG_NAME)
         if not os.path.isfile(saved_path):
             raise SetupError(f"cannot resume: '{saved_path}' not found (no run in that out_dir)")
-        saved = C.load_json(saved_path)
+        saved = read_saved_config(saved_path)
         # The saved run fixes the architecture; keys given now override training options only.
         flat = C.to_flat(saved)
         for k in explicit:

@@ -4,7 +4,7 @@
                              [--tokenizer char|gpt2] [--data_dir DIR] [--val_fraction F]
 
 shakespeare_char = Tiny Shakespeare, char tokenizer; shakespeare = Tiny Shakespeare, GPT-2 BPE;
-text = your own files (--input required). Without --input, Tiny Shakespeare is read from
+text = your own files (--input required; GPT-2 BPE unless --tokenizer=char). Without --input, Tiny Shakespeare is read from
 $MODGPT_TINYSHAKESPEARE when set, else downloaded.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from modgpt.io import atomic_path, write_json
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_ENV = "MODGPT_TINYSHAKESPEARE"
-DATASETS = {"shakespeare_char": "char", "shakespeare": "gpt2", "text": None}
+DATASETS = {"shakespeare_char": "char", "shakespeare": "gpt2", "text": "gpt2"}
 CHUNK = 1 << 20  # characters per BPE encode call (progress granularity)
 
 
@@ -102,6 +102,8 @@ def prepare(dataset: str, inputs: list[str] | None = None, tokenizer: str | None
     """Write data_dir/dataset/{train.bin,val.bin,meta.json}; returns that directory."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
+    if dataset == "text" and not inputs:
+        raise DataError("dataset 'text' needs --input FILE [FILE ...]")
     tokenizer = tokenizer or DATASETS[dataset]
     if tokenizer not in ("char", "gpt2"):
         raise DataError(f"option '--tokenizer' must be one of char, gpt2; got '{tokenizer}'")

@@ -1,0 +1,38 @@
+"""Causal attention kernels: (q, k, v, bias, dropout_p) -> y, all (B, nh, T, hs); scale 1/sqrt(hs)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from modgpt.registry import Registry
+
+ATTENTION = Registry("attention_backend")
+
+
+def causal_mask(T: int, device, bias=None):
+    """Additive float32 mask: 0 on and below the diagonal, -inf above, plus the optional bias."""
+    m = torch.full((T, T), float("-inf"), device=device).triu(1)
+    return m if bias is None else m + bias
+
+
+@ATTENTION.register("sdpa")
+def sdpa(q, k, v, bias=None, dropout_p: float = 0.0):
+    """torch's fused kernel (flash / memory-efficient on CUDA, math on CPU)."""
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    mask = causal_mask(q.shape[-2], q.device, bias).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+@ATTENTION.register("manual")
+def manual(q, k, v, bias=None, dropout_p: float = 0.0):
+    """Explicit q @ k^T, additive -inf mask, float32 softmax, dropout, @ v."""
+    T, hs = q.shape[-2], q.shape[-1]
+    att = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+    att = att + causal_mask(T, q.device, bias)
+    att = torch.softmax(att, dim=-1).to(q.dtype)
+    if dropout_p > 0:
+        att = F.dropout(att, p=dropout_p, training=True)
+    return att @ v  # (B, nh, T, hs)

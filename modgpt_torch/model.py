@@ -1,0 +1,135 @@
+"""ConfigurableGPT: components resolved once from the registries; attribute names per the contract.
+
+Imports nothing from torch.distributed: parallel.py wraps the model after it is built.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modgpt.config import ModelConfig
+from modgpt_torch.components import ATTENTION, FFNS, NORMS, POSITIONS
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; q/k rotation and attention bias come from the position hooks."""
+
+    def __init__(self, cfg: ModelConfig, pos):
+        super().__init__()
+        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # out = [q | k | v]
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.kernel = ATTENTION.get(cfg.attention_backend)
+        # a plain list keeps the shared (param-free) position module out of this block's children
+        self._pos = [pos]
+
+    def forward(self, x):
+        B, T, D = x.shape
+        nh = self.n_head
+        q, k, v = self.qkv(x).split(D, dim=2)  # each (B, T, D); head h = cols h*hs..(h+1)*hs
+        q, k, v = (t.view(B, T, nh, D // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        pos = self._pos[0]
+        q, k = pos.rotate(q, k)
+        p = self.attn_drop.p if self.training else 0.0
+        y = self.kernel(q, k, v, pos.bias(T, x.device), p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """One transformer block, pre- or post-norm."""
+
+    def __init__(self, cfg: ModelConfig, pos):
+        super().__init__()
+        Norm = NORMS.get(cfg.normalization)
+        self.norm1 = Norm(cfg)
+        self.attn = CausalSelfAttention(cfg, pos)
+        self.norm2 = Norm(cfg)
+        self.ffn = FFNS.get(cfg.ffn_type)(cfg)
+        self.pre = cfg.norm_position == "pre"
+
+    def forward(self, x):
+        if self.pre:
+            x = x + self.attn(self.norm1(x))
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.ffn(x))
+
+
+class ConfigurableGPT(nn.Module):
+    """A GPT whose components are named in the config (see docs/backend_contract.md)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        Pos = POSITIONS.get(cfg.position_encoding)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        rows = Pos.embedding_rows(cfg)
+        self.wpe = nn.Embedding(rows, cfg.n_embd) if rows else None
+        self.pos = Pos(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg, self.pos) for _ in range(cfg.n_layer)])
+        self.norm_f = NORMS.get(cfg.normalization)(cfg) if cfg.final_norm else None
+        self.lm_head = None if cfg.weight_tying else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, std) for matrices and embeddings, std/sqrt(2L) for residual projections."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.ndim >= 2:
+                scaled = name.endswith(("attn.proj.weight", "ffn.proj.weight"))
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std)
+            elif ".norm" in f".{name}" and name.endswith("weight"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)  # biases (linear and norm)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) int -> (logits (B, T, V), mean cross-entropy in float32 or None)."""
+        B, T = idx.shape
+        assert T <= self.cfg.block_size, f"sequence length {T} > block_size {self.cfg.block_size}"
+        x = self.drop(self.pos.embed(self.wte(idx), self.wpe))  # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        if self.norm_f is not None:
+            x = self.norm_f(x)
+        # tied: the token embedding is the LM head (logits = x @ wte.T)
+        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long())
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
+        """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 = greedy."""
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.cfg.block_size:]
+            logits, _ = self(ctx)
+            logits = logits[:, -1, :].float()  # (B, V)
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
+
+
+def build(cfg: ModelConfig, device=None) -> ConfigurableGPT:
+    """Construct (and optionally move) a model from the model config."""
+    model = ConfigurableGPT(cfg)
+    return model.to(device) if device is not None else model

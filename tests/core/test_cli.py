@@ -1,0 +1,93 @@
+"""The shared command-line parser and `python -m modgpt.config`."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from modgpt import cli
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_precedence_preset_then_file_then_command_line(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("preset = 'gpt2'\nn_layer = 3\nnormalization = 'rmsnorm'\nimport math\nlearning_rate = math.pi * 1e-4\n")
+    a = cli.parse([str(f), "--normalization=layernorm_nobias", "--size", "tiny"])
+    m = a.config.model
+    assert a.preset == "gpt2" and m.position_encoding == "learned_absolute"  # from the preset
+    assert m.n_layer == 3  # file beats size
+    assert m.n_embd == 64  # size beats defaults
+    assert m.normalization == "layernorm_nobias"  # command line beats file
+    assert a.config.train.learning_rate == pytest.approx(3.14159e-4, rel=1e-5)
+    assert a.explicit == {"n_layer", "normalization", "learning_rate", "size"}
+    b = cli.parse(["--preset", "llama", str(f)])  # --preset beats the file's preset
+    assert b.preset == "llama" and b.config.model.position_encoding == "rope"
+
+
+def test_bool_and_numbers_typed():
+    a = cli.parse(["--compile=False", "--bias=True", "--dropout=0.1", "--max_iters=10"])
+    assert a.config.train.compile is False and a.config.model.bias is True
+    assert a.config.model.dropout == 0.1 and a.config.train.max_iters == 10
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--n_layr=2"], "unknown option '--n_layr' (did you mean '--n_layer'?)"),
+    (["--preset", "lama"], "unknown preset 'lama' (did you mean 'llama'?); valid presets: gpt2, llama, team, hybrid"),
+    (["--n_layer=x"], "option 'n_layer' must be an integer, got 'x'"),
+    (["--position_encoding=alibi"], "option 'position_encoding' must be one of learned_absolute, rope, none"),
+    (["nothere.py"], "config file 'nothere.py' not found"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_errors_exit_2_with_one_line(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+
+
+def test_config_file_that_fails_to_execute(tmp_path, capsys):
+    f = tmp_path / "bad.py"
+    f.write_text("n_layer = 1 / 0\n")
+    with pytest.raises(SystemExit):
+        cli.parse([str(f)])
+    err = capsys.readouterr().err
+    assert "failed to execute: ZeroDivisionError" in err
+    g = tmp_path / "unknown.py"
+    g.write_text("n_layers = 4\n")
+    with pytest.raises(SystemExit):
+        cli.parse([str(g)])
+    assert "unknown option 'n_layers' (did you mean 'n_layer'?)" in capsys.readouterr().err
+
+
+def test_failing_file_message(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text("n_layer = 1 / 0\n")
+    r = run("-m", "modgpt.config", str(f))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: config file '{f}' failed to execute: ZeroDivisionError: division by zero"]
+
+
+def test_module_config_prints_summary_and_json():
+    r = run("-m", "modgpt.config", "--preset", "llama")
+    assert r.returncode == 0, r.stderr
+    assert "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm" in r.stdout and "MODEL ARCHITECTURE:" in r.stdout
+    r = run("-m", "modgpt.config", "--preset", "llama", "--n_layer=2", "--json")
+    d = json.loads(r.stdout)
+    assert d["model"]["n_layer"] == 2 and d["arch_name"].startswith("2L-")
+
+
+def test_repo_config_files_parse():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.py"))
+    assert {p.name for p in files} >= {"arch_gpt2.py", "arch_llama.py", "arch_team.py", "arch_hybrid.py",
+                                        "arch_custom.py", "train_shakespeare_char.py"}
+    for p in files:
+        if p.name.startswith("sweep"):
+            continue
+        a = cli.parse([str(p)])
+        assert a.config.model.n_layer >= 1

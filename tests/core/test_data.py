@@ -1,0 +1,163 @@
+"""Data preparation, the shared batch sampler, the run log, atomic io and the loop helpers."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from modgpt import data as D
+from modgpt import loop, runlog
+from modgpt.prepare import prepare
+
+
+def test_prepare_char(char_data, shakespeare_path):
+    meta = D.load_meta(char_data)
+    assert meta["tokenizer"] == "char" and meta["vocab_size"] == 65
+    n = os.path.getsize(shakespeare_path)  # Tiny Shakespeare is ASCII: one char per byte
+    assert meta["train_tokens"] + meta["val_tokens"] == n == 1_115_394
+    tok = D.get_tokenizer(meta)
+    arr = np.memmap(os.path.join(char_data, "train.bin"), dtype=np.uint16, mode="r")
+    with open(shakespeare_path) as f:
+        head = f.read(200)
+    assert tok.decode(arr[:200]) == head
+
+
+def test_prepare_gpt2_bpe(tmp_path, shakespeare_path):
+    out = prepare("shakespeare", [shakespeare_path], data_dir=str(tmp_path), progress=False)
+    meta = D.load_meta(out)
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257
+    tok = D.get_tokenizer(meta)
+    arr = np.fromfile(os.path.join(out, "train.bin"), dtype=np.uint16)
+    assert 250_000 < meta["train_tokens"] < 400_000
+    assert tok.decode(arr[:50]).startswith("First Citizen:")
+
+
+def test_prepare_cli_and_offline_errors(tmp_path, shakespeare_path):
+    env = {**os.environ, "MODGPT_TINYSHAKESPEARE": ""}
+    r = subprocess.run([sys.executable, "-m", "modgpt.prepare", "text", "--data_dir", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "needs --input" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "modgpt.prepare", "shakespeare_char", "--input",
+                        shakespeare_path, "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "vocab_size=65" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "modgpt.prepare", "nope"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "valid: shakespeare_char, shakespeare, text" in r.stderr
+
+
+def test_offline_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.request
+
+    from modgpt import prepare as P
+    monkeypatch.delenv("MODGPT_TINYSHAKESPEARE", raising=False)
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(D.DataError, match="offline, pass --input /path/to/input.txt or set MODGPT_TINYSHAKESPEARE"):
+        P.prepare("shakespeare_char", data_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "shakespeare_char" / "meta.json")
+
+
+def test_sampler_is_deterministic_and_slices_by_rank(char_data):
+    a = D.BatchSampler(char_data, block_size=32, batch_size=8, seed=7)
+    x1, y1 = a.get("train", 5)
+    x2, y2 = a.get("train", 5)
+    assert np.array_equal(x1, x2) and x1.shape == (8, 32) and x1.dtype == np.int32
+    assert np.array_equal(x1[:, 1:], y1[:, :-1])  # targets are inputs shifted by one
+    assert not np.array_equal(a.get("train", 6)[0], x1)
+    assert not np.array_equal(a.get("train", 5, micro_step=1)[0], x1)
+    assert not np.array_equal(a.get("val", 5)[0], x1)
+    parts = [D.BatchSampler(char_data, 32, 8, 7, rank=r, world=2).get("train", 5)[0] for r in range(2)]
+    assert np.array_equal(np.concatenate(parts), x1)  # two ranks together = the global batch
+
+
+def test_sampler_errors(tmp_path, char_data):
+    import shutil
+    bad = tmp_path / "ds"
+    shutil.copytree(char_data, bad)
+    with pytest.raises(D.DataError, match="model's vocab_size is 50"):
+        D.BatchSampler(str(bad), 32, 8, 0, vocab_size=50)
+    with open(bad / "val.bin", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(D.DataError, match="truncated or corrupt"):
+        D.BatchSampler(str(bad), 32, 8, 0)
+    (bad / "meta.json").write_text("{not json")
+    with pytest.raises(D.DataError, match="not valid JSON"):
+        D.load_meta(str(bad))
+    with pytest.raises(D.DataError, match="run `python -m modgpt.prepare"):
+        D.load_meta(str(tmp_path / "missing"))
+
+
+def test_runlog_roundtrip_and_torn_line(tmp_path):
+    log = runlog.RunLog(str(tmp_path))
+    log.header(backend="jax", params=10)
+    log.iter(iter=0, loss=float("nan"))
+    log.end("completed")
+    with open(log.path, "a") as f:
+        f.write('{"type": "iter", "iter": 1, "lo')  # a crash mid-write
+    recs = runlog.read(str(tmp_path))
+    assert [r["type"] for r in recs] == ["header", "iter", "end"]
+    assert recs[1]["loss"] == "nan" and recs[2]["status"] == "completed"
+
+
+def test_lr_schedule():
+    from modgpt.config import TrainConfig
+    t = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert loop.lr_at(0, t) == pytest.approx(1 / 11)
+    assert loop.lr_at(9, t) == pytest.approx(10 / 11)
+    assert loop.lr_at(10, t) == pytest.approx(1.0)
+    assert loop.lr_at(60, t) == pytest.approx(0.55)  # half way down the cosine
+    assert loop.lr_at(110, t) == pytest.approx(0.1) and loop.lr_at(500, t) == 0.1
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from modgpt.io import atomic_path, write_json
+    p = tmp_path / "x.json"
+    write_json(str(p), {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(p)) as tmp:
+            with open(tmp, "w") as f:
+                f.write("partial")
+            raise RuntimeError("killed")
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+class _Args:
+    def __init__(self, **flat):
+        from modgpt import cli
+        argv = [f"--{k}={v}" for k, v in flat.items()]
+        a = cli.parse(argv)
+        self.config, self.explicit = a.config, a.explicit
+
+
+def test_setup_guards(tmp_path, data_dir):
+    out = str(tmp_path / "run")
+    base = dict(data_dir=data_dir, out_dir=out, size="tiny")
+    run = loop.setup(_Args(**base), "torch", has_accelerator=False)
+    assert run.cfg.model.vocab_size == 65 and os.path.isfile(os.path.join(out, "config.json"))
+    with pytest.raises(loop.SetupError, match="in use by another run"):
+        loop.setup(_Args(**base, init_from="resume"), "torch", has_accelerator=False)
+    run.lock.release()
+    with pytest.raises(loop.SetupError, match="already holds a run; pass --init_from=resume"):
+        loop.setup(_Args(**base), "torch", has_accelerator=False)
+    with pytest.raises(loop.SetupError, match="different architecture: n_layer=3 but the checkpoint has 2"):
+        loop.setup(_Args(**base, init_from="resume", n_layer=3), "torch", has_accelerator=False)
+    with pytest.raises(loop.SetupError, match="holds a torch run"):
+        loop.check_backend(out, "jax")
+    with pytest.raises(loop.SetupError, match="needs --out_dir"):
+        loop.setup(_Args(data_dir=data_dir, init_from="resume"), "torch", has_accelerator=False)
+    blocker = tmp_path / "a_file"  # a path under a regular file is unwritable even for root
+    blocker.write_text("")
+    with pytest.raises(loop.SetupError, match="not writable"):
+        loop.setup(_Args(data_dir=data_dir, out_dir=str(blocker / "x"), size="tiny"), "torch", False)
+
+
+def test_auto_size_on_cpu(tmp_path, data_dir):
+    run = loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "a")), "jax", has_accelerator=False)
+    assert run.cfg.model.n_layer == 4 and "no accelerator" in run.size_reason
+    run.lock.release()
+    run = loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "b"), n_layer=3), "jax", False)
+    assert run.cfg.model.n_layer == 3 and run.cfg.model.n_embd == 768

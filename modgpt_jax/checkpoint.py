@@ -1,0 +1,82 @@
+"""orbax checkpoints in out_dir/checkpoints: {params, opt_state} (sharded arrays) + JSON run state.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed
+mid-save leaves the previous checkpoints readable. Restore takes the current mesh's shardings as
+its target, so a run saved on one mesh shape resumes on another.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+CKPT_DIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint, or an unreadable one; the message says what to do."""
+
+
+def manager(out_dir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+    if read_only:  # orbax warns that read-only managers do not save; that is the point here
+        from absl import logging
+        logging.set_verbosity(logging.ERROR)
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                        enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, CKPT_DIR)), options=opts,
+                                 item_names=("state", "meta"))
+
+
+def save(mgr: ocp.CheckpointManager, it: int, params, opt_state, meta: dict) -> None:
+    """Blocking save of iteration `it` (the state after `it` optimizer steps)."""
+    state = {"params": params, "opt_state": opt_state}
+    mgr.save(it, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+             force=True)
+    mgr.wait_until_finished()
+
+
+def latest_step(out_dir: str) -> int | None:
+    d = os.path.join(out_dir, CKPT_DIR)
+    if not os.path.isdir(d):
+        return None
+    return manager(out_dir, read_only=True).latest_step()
+
+
+def read_meta(out_dir: str, step: int | None = None) -> dict:
+    mgr = manager(out_dir, read_only=True)
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint in '{os.path.join(out_dir, CKPT_DIR)}'")
+    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore(out_dir: str, params_target, opt_target, step: int | None = None):
+    """(params, opt_state, meta) of `step` (default latest), placed like the targets' shardings.
+
+    Targets are pytrees of arrays or jax.ShapeDtypeStruct with .sharding (the current mesh's).
+    """
+    mgr = manager(out_dir, read_only=True)
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint in '{os.path.join(out_dir, CKPT_DIR)}'; train first "
+                              f"(python -m modgpt_jax.train --out_dir={out_dir})")
+
+    def abstract(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    target = {"params": jax.tree.map(abstract, params_target)}
+    if opt_target is not None:
+        target["opt_state"] = jax.tree.map(abstract, opt_target)
+    try:
+        if opt_target is None:  # sampling/export: parameters only
+            args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True), meta=ocp.args.JsonRestore())
+        else:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        out = mgr.restore(step, args=args)
+    except Exception as e:  # noqa: BLE001 - orbax raises many types; report one line
+        raise CheckpointError(f"checkpoint {step} in '{out_dir}' could not be restored: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    st = out["state"]
+    return st["params"], st.get("opt_state"), out["meta"]

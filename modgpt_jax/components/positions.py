@@ -1,0 +1,80 @@
+"""Position encodings as hooks that default to no-ops: embed (learned), rotate (rope), bias (ALiBi).
+
+A component that needs a learned table says how many rows via `embedding_rows(cfg)`; the model owns
+that table as `wpe` (the canonical name) and passes it to `embed`, so these hold no parameters.
+q and k here are (B, T, nh, hd), the layout of jax.nn.dot_product_attention.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from modgpt.config import ModelConfig
+from modgpt.registry import Registry
+
+POSITIONS = Registry("position_encoding")
+
+
+class PositionEncoding:
+    """Base: every hook is a no-op (plain Python object: no state, so not an nnx.Module)."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+
+    @staticmethod
+    def embedding_rows(cfg: ModelConfig) -> int:
+        """Rows of the learned position table the model must own as `wpe` (0 = none)."""
+        return 0
+
+    def embed(self, x_BxTxD, wpe, pos_T):
+        return x_BxTxD
+
+    def rotate(self, q, k, pos_T):
+        return q, k
+
+    def bias(self, T: int):
+        """An additive (T, T) or (nh, T, T) attention bias, or None."""
+        return None
+
+
+@POSITIONS.register("none")
+class NoPositions(PositionEncoding):
+    """NoPE: causal attention alone carries position."""
+
+
+@POSITIONS.register("learned_absolute")
+class LearnedAbsolute(PositionEncoding):
+    """GPT-2: add wpe[pos] to the token embeddings."""
+
+    @staticmethod
+    def embedding_rows(cfg: ModelConfig) -> int:
+        return cfg.block_size
+
+    def embed(self, x_BxTxD, wpe, pos_T):
+        return x_BxTxD + wpe(pos_T).astype(x_BxTxD.dtype)  # (T, D) broadcast over B
+
+
+def rope_cos_sin(pos_T, hd: int, theta: float):
+    """(T, hd) cos and sin in float32, half-split layout: angles concatenated twice."""
+    inv_freq = theta ** (-jnp.arange(0, hd, 2, dtype=jnp.float32) / hd)  # (hd/2,)
+    ang = pos_T.astype(jnp.float32)[:, None] * inv_freq[None, :]  # (T, hd/2)
+    ang = jnp.concatenate([ang, ang], axis=-1)  # (T, hd)
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def rotate_half(x):
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+@POSITIONS.register("rope")
+class RoPE(PositionEncoding):
+    """Rotary embeddings (GPT-NeoX / HF llama half-split layout) on q and k, in float32."""
+
+    def rotate(self, q, k, pos_T):
+        cos, sin = rope_cos_sin(pos_T, q.shape[-1], self.cfg.rope_theta)
+        cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd): broadcast over B and heads
+
+        def rot(x):
+            x32 = x.astype(jnp.float32)
+            return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+        return rot(q), rot(k)

@@ -1,0 +1,108 @@
+"""python -m modgpt_jax.sample --out_dir=RUN [--start=TEXT|FILE:path] [--num_samples=N]
+[--max_new_tokens=N] [--temperature=F] [--top_k=K] [--seed=S]
+
+Decoding keeps a fixed (B, block_size) token buffer and a length index, so one jitted step serves
+every length (no recompiles); once the buffer is full it slides left (nanoGPT's crop). No KV cache:
+each step re-runs the block_size window, which is cheap at the sizes this runs on.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from modgpt import cli
+from modgpt import data as D
+
+FLAGS = {"start": "prompt text, or FILE:path (default newline)", "num_samples": "samples (default 3)",
+         "max_new_tokens": "tokens per sample (default 500)", "temperature": "0 = greedy (default 0.8)",
+         "top_k": "keep the k most likely tokens (default 200; 0 = all)", "seed": "sampling seed (default 1337)"}
+
+
+def make_decode_step(model, block_size: int, temperature: float, top_k: int):
+    """step(buf_BxT, n, key) -> (buf, n, next_B): n = tokens in the buffer (1..block_size)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def step(buf, n, key):
+        logits = model(buf)  # (B, T, V) float32; causal, so positions < n ignore the padding
+        last = jax.lax.dynamic_index_in_dim(logits, n - 1, axis=1, keepdims=False)  # (B, V)
+        if temperature <= 0:
+            nxt = jnp.argmax(last, -1)
+        else:
+            last = last / temperature
+            if top_k:
+                kth = jax.lax.top_k(last, min(top_k, last.shape[-1]))[0][:, -1:]
+                last = jnp.where(last < kth, -jnp.inf, last)
+            nxt = jax.random.categorical(key, last, axis=-1)
+        nxt = nxt.astype(buf.dtype)
+        full = n >= block_size
+        shifted = jnp.where(full, jnp.roll(buf, -1, axis=1), buf)
+        pos = jnp.where(full, block_size - 1, n)
+        buf = jax.lax.dynamic_update_index_in_dim(shifted, nxt, pos, axis=1)
+        return buf, jnp.minimum(n + 1, block_size), nxt
+    return step
+
+
+def generate(model, prompt_ids, max_new_tokens: int, num_samples: int, temperature: float = 0.8,
+             top_k: int = 200, seed: int = 1337) -> np.ndarray:
+    """(num_samples, len(prompt) + max_new_tokens) token ids."""
+    import jax
+    import jax.numpy as jnp
+    T = model.cfg.block_size
+    ctx = list(prompt_ids)[-T:]
+    buf = np.zeros((num_samples, T), np.int32)
+    buf[:, :len(ctx)] = ctx
+    step = make_decode_step(model, T, temperature, top_k)
+    buf, n, key = jnp.asarray(buf), jnp.int32(len(ctx)), jax.random.key(seed)
+    out = []
+    for i in range(max_new_tokens):
+        buf, n, nxt = step(buf, n, jax.random.fold_in(key, i))
+        out.append(nxt)
+    new = np.stack([np.asarray(t) for t in out], axis=1) if out else np.zeros((num_samples, 0), np.int32)
+    return np.concatenate([np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1)), new], axis=1)
+
+
+def main(argv=None) -> int:
+    args = cli.parse(argv, prog="python -m modgpt_jax.sample", extra_flags=FLAGS)
+    f = args.flags
+    out_dir = args.config.train.out_dir
+    if not out_dir:
+        cli.fail("give the run to sample from: --out_dir=RUN")
+    try:
+        num = int(f.get("num_samples", 3))
+        max_new = int(f.get("max_new_tokens", 500))
+        temp = float(f.get("temperature", 0.8))
+        top_k = int(f.get("top_k", 200))
+        seed = int(f.get("seed", 1337))
+    except ValueError as e:
+        cli.fail(f"bad sampling option: {e}")
+    start = f.get("start", "\n")
+    start = "\n" if start is True else str(start)
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:]) as fh:
+                start = fh.read()
+        except OSError as e:
+            cli.fail(f"cannot read prompt file '{start[5:]}': {e.strerror}")
+    from modgpt_jax.checkpoint import CheckpointError
+    from modgpt_jax.inference import load_model
+    try:
+        model, cfg, meta = load_model(out_dir)
+        tok = D.get_tokenizer(D.load_meta(D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)))
+        ids = tok.encode(start)
+    except (CheckpointError, D.DataError) as e:
+        cli.fail(str(e))
+    if not ids:
+        cli.fail("the prompt encodes to no tokens; give --start=TEXT")
+    toks = generate(model, ids, max_new, num, temp, top_k, seed)
+    for row in toks:
+        print(tok.decode(row))
+        print("---------------")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""python -m modgpt_jax.train [CONFIG_FILE] [--preset NAME] [--key=value ...]
+
+The loop of docs/backend_contract.md on a (data, fsdp) mesh: one jitted, donated step per
+iteration, orbax checkpoints every eval interval, JSONL run log, SIGTERM/SIGINT -> checkpoint and
+exit 0, non-finite loss -> stop (or skip with --skip_nonfinite).
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from modgpt import cli, loop
+from modgpt import config as C
+from modgpt import data as D
+from modgpt import hardware as HW
+from modgpt import weights as W
+
+BACKEND = "jax"
+
+
+class Trainer:
+    """Model, mesh, shardings, optimizer and the jitted functions for one config."""
+
+    def __init__(self, cfg: C.Config, devices=None, seed: int | None = None):
+        import jax
+        from flax import nnx
+
+        from modgpt_jax import sharding as S
+        from modgpt_jax import step as ST
+        from modgpt_jax.model import build
+        from modgpt_jax.weights import param_dict
+        self.cfg = cfg
+        self.mesh = S.make_mesh(cfg.system, devices)
+        self.model = build(cfg, cfg.train.seed if seed is None else seed)
+        self.graphdef, _ = nnx.split(self.model)
+        self.param_sh = S.param_shardings(self.model, self.mesh)
+        self.repl = S.replicated(self.mesh)
+        self.params = S.put_params(param_dict(self.model), self.param_sh)
+        self.tx = ST.make_optimizer(cfg.train, cfg.system.scan_layers)
+        self.opt_sh = ST.opt_shardings(self.tx, jax.eval_shape(self.tx.init, self.params), self.param_sh, self.repl)
+        self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_sh)(self.params)
+        self.batch_sh = S.batch_sharding(self.mesh, 3, lead=1)  # (A, B, T)
+        self.step_fn = ST.jit_train_step(ST.make_train_step(self.graphdef, cfg, self.tx), self.param_sh,
+                                         self.opt_sh, self.batch_sh, self.repl)
+        loss_fn = ST.make_loss_fn(self.graphdef, ST.DTYPES[cfg.train.dtype])
+        self.eval_fn = jax.jit(loss_fn, in_shardings=(self.param_sh, S.batch_sharding(self.mesh),
+                                                      S.batch_sharding(self.mesh)), out_shardings=self.repl)
+        self.base_key = jax.random.key(cfg.train.seed)
+
+    def set_params(self, params) -> None:
+        from modgpt_jax import sharding as S
+        self.params = S.put_params(params, self.param_sh)
+
+    def load_canonical(self, tensors) -> None:
+        from modgpt_jax.weights import load_canonical, param_dict
+        load_canonical(self.model, tensors)
+        self.set_params(param_dict(self.model))
+
+    def sync_model(self):
+        """The nnx model holding the current (trained) parameters."""
+        from flax import nnx
+        return nnx.merge(self.graphdef, self.params)
+
+    def batch(self, sampler: D.BatchSampler, it: int):
+        """(xs, ys) (A, B, T) global arrays: this process loads only its slice of each micro batch."""
+        from modgpt_jax import sharding as S
+        A = self.cfg.train.gradient_accumulation_steps
+        xy = [sampler.get("train", it, m) for m in range(A)]
+        xs, ys = np.stack([a for a, _ in xy]), np.stack([b for _, b in xy])
+        return S.put_batch(xs, self.mesh, lead=1), S.put_batch(ys, self.mesh, lead=1)
+
+    def step(self, x, y, it: int):
+        """One optimizer step at iteration it with lr_at(it); returns host metrics."""
+        import jax
+        lr = loop.lr_at(it, self.cfg.train)
+        key = jax.random.fold_in(self.base_key, it)
+        self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, x, y, np.float32(lr), key)
+        m = jax.device_get(m)
+        return dict(loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), ok=bool(m["ok"]), lr=lr)
+
+    def evaluate(self, sampler: D.BatchSampler) -> dict:
+        from modgpt_jax import sharding as S
+        out = {}
+        for split in ("train", "val"):
+            losses = []
+            for k in range(self.cfg.train.eval_iters):
+                x, y = sampler.get(split, 10**9 + k)
+                losses.append(float(self.eval_fn(self.params, S.put_batch(x, self.mesh), S.put_batch(y, self.mesh))))
+            out[split] = float(np.mean(losses))
+        return out
+
+
+def peak_memory() -> int | None:
+    import jax
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - unsupported on some platforms
+        return None
+    return stats.get("peak_bytes_in_use") if stats else None
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+
+def fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    args = cli.parse(argv, prog="python -m modgpt_jax.train")
+    from modgpt_jax.distributed import maybe_initialize
+    multi = maybe_initialize()
+    import jax
+    is_main = jax.process_index() == 0
+    cfg0 = args.config
+    try:
+        if multi and not cfg0.train.out_dir:
+            raise loop.SetupError("multi-process training needs an explicit --out_dir (the same on every process)")
+        if cfg0.train.init_from == "resume" and cfg0.train.out_dir and \
+                os.path.isfile(os.path.join(cfg0.train.out_dir, loop.CONFIG_NAME)):
+            loop.check_backend(cfg0.train.out_dir, BACKEND)
+        init_tensors = None
+        if cfg0.train.init_from.endswith(".safetensors"):
+            init_tensors, file_cfg = W.load(cfg0.train.init_from)
+            keep = {k: v for k, v in C.to_flat(file_cfg).items() if C.KEY_SECTION[k] == "model"}
+            if not (set(args.explicit) & set(keep)):  # no size/arch keys given: the file's config
+                args.config = args.config.replace(**keep, size="none")
+                args.explicit = set(args.explicit) | set(keep)
+        run = loop.setup(args, BACKEND, has_accelerator=jax.default_backend() != "cpu", is_main=is_main)
+        if init_tensors is not None and file_cfg.model != run.cfg.model:
+            raise loop.SetupError(f"{cfg0.train.init_from} holds {C.arch_name(file_cfg.model)} but the run "
+                                  f"asks for {C.arch_name(run.cfg.model)}")
+        cfg = run.cfg
+        sampler = D.BatchSampler(run.data_path, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed,
+                                 vocab_size=cfg.model.vocab_size, rank=jax.process_index(),
+                                 world=jax.process_count())
+        trainer = Trainer(cfg)
+    except (C.ConfigError, D.DataError, loop.SetupError, ValueError, FileNotFoundError) as e:
+        return fail(str(e).splitlines()[0])
+    try:
+        return train_loop(run, trainer, sampler, init_tensors, is_main)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> int:
+    import jax
+
+    import flax
+    import optax
+    import orbax.checkpoint
+    from modgpt_jax import checkpoint as CK
+    from modgpt_jax import sharding as S
+    cfg, t = run.cfg, run.cfg.train
+    dev = jax.devices()[0]
+    n_dev = jax.device_count()
+    peak = HW.peak_tflops(dev.device_kind, t.dtype, cfg.system.peak_tflops)
+    par = S.describe(trainer.mesh)
+    log = loop.open_log(run, is_main)
+    mgr = CK.manager(run.out_dir, keep=t.keep_checkpoints)
+    start, best, skipped = 0, math.inf, 0
+    if run.resume:
+        try:
+            trainer.params, trainer.opt_state, meta = CK.restore(run.out_dir, trainer.params, trainer.opt_state)
+        except CK.CheckpointError as e:
+            return fail(str(e))
+        start, best, skipped = meta["iter"], meta.get("best_val_loss") or math.inf, meta.get("skipped_steps", 0)
+    elif init_tensors is not None:
+        trainer.load_canonical(init_tensors)
+    prog = loop.Progress(cfg, start, enabled=is_main)
+    if is_main:
+        print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, t.dtype, peak, par,
+                                  extra={"mesh": dict(trainer.mesh.shape)}), flush=True)
+    versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
+                    orbax=orbax.checkpoint.__version__)
+    log.header(**loop.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),
+               resumed_from=start if run.resume else None)
+    if run.resume:
+        log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
+    stop = StopFlag()
+    last_saved = start if run.resume else None
+
+    def save(it):
+        nonlocal last_saved
+        meta = dict(iter=it, best_val_loss=None if math.isinf(best) else best, skipped_steps=skipped,
+                    backend=BACKEND, sampler=sampler.state(), mesh=dict(trainer.mesh.shape),
+                    config=cfg.to_dict())
+        CK.save(mgr, it, trainer.params, trainer.opt_state, meta)
+        last_saved = it
+        log.event("checkpoint", iter=it, message=f"saved checkpoint {it}")
+
+    it = start
+    while True:
+        if loop.eval_due(it, cfg):
+            ev = trainer.evaluate(sampler)
+            best = min(best, ev["val"])
+            log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], tokens_seen=it * loop.tokens_per_iter(cfg))
+            prog.message(f"step {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
+            if not (run.resume and it == start):
+                save(it)
+        if it >= t.max_iters:
+            break
+        if stop.signal is not None:
+            if last_saved != it:
+                save(it)
+            hint = loop.resume_hint(BACKEND, run.out_dir)
+            log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best,
+                    message=f"{stop.signal} at iteration {it}; {hint}")
+            prog.close()
+            if is_main:
+                print(f"stopped by {stop.signal} at iteration {it}, checkpoint saved; {hint}", flush=True)
+            return 0
+        t0 = time.time()
+        x, y = trainer.batch(sampler, it)
+        m = trainer.step(x, y, it)  # returns host values: the step has finished
+        dt = time.time() - t0
+        if not m["ok"]:
+            if t.skip_nonfinite:
+                skipped += 1
+                log.event("skipped_step", iter=it, message=f"non-finite loss/grads at iteration {it}; update skipped")
+            else:
+                good = f"checkpoint {last_saved} in {run.out_dir}/checkpoints" if last_saved is not None else "none"
+                msg = (f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at iteration {it}; "
+                       f"last good checkpoint: {good}; pass --skip_nonfinite=True to skip such steps")
+                log.end("failed", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
+                prog.close()
+                print(f"error: {msg}", file=sys.stderr)
+                return 1
+        tokens = (it + 1) * loop.tokens_per_iter(cfg)
+        if it % t.log_interval == 0 or it == t.max_iters - 1:
+            st = loop.iter_stats(cfg, m["loss"], m["lr"], m["grad_norm"], dt, peak, n_dev, peak_memory(),
+                                 tokens, skipped)
+            log.iter(iter=it, **st)
+            prog.step(it, st)
+        else:
+            prog.step(it, {"loss": None})
+        it += 1
+    prog.close()
+    log.end("completed", iter=it, best_val_loss=None if math.isinf(best) else best,
+            message=f"finished {t.max_iters} iterations")
+    if is_main:
+        print(f"done: {t.max_iters} iterations, best val loss {best:.4f}; checkpoints in "
+              f"{os.path.join(run.out_dir, CK.CKPT_DIR)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

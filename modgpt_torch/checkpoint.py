@@ -1,0 +1,97 @@
+"""Checkpoints in out_dir: ckpt-<iter>.pt, written atomically (temp file + rename), last K kept.
+
+One file holds model, optimizer, iteration, config, sampler state, RNG states and best val loss.
+Under FSDP/ZeRO-1 the caller gathers full state dicts first (parallel.py), so the file format does
+not depend on how the run was parallelized.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from modgpt import config as C
+from modgpt.io import atomic_path
+
+PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint, or an unreadable one; one-line message."""
+
+
+def path_for(out_dir: str, it: int) -> str:
+    return os.path.join(out_dir, f"ckpt-{it:08d}.pt")
+
+
+def list_checkpoints(out_dir: str) -> list[str]:
+    """Checkpoint paths sorted by iteration."""
+    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(out_dir, "ckpt-*.pt"))
+             if (m := PATTERN.search(os.path.basename(p)))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(out_dir: str) -> str | None:
+    ps = list_checkpoints(out_dir)
+    return ps[-1] if ps else None
+
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save(out_dir: str, state: dict, keep: int) -> str:
+    """Write state as ckpt-<state['iter']>.pt atomically, then drop all but the newest `keep`."""
+    path = path_for(out_dir, state["iter"])
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in list_checkpoints(out_dir)[:-keep]:
+        try:
+            os.unlink(old)
+        except OSError:
+            pass
+    return path
+
+
+def load(path: str, map_location="cpu") -> dict:
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated/corrupt file: name it and what to do
+        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}); delete it to "
+                              f"resume from the previous one") from None
+    if not isinstance(ck, dict) or "model" not in ck or "iter" not in ck:
+        raise CheckpointError(f"'{path}' is not a modgpt_torch checkpoint")
+    return ck
+
+
+def load_latest(out_dir: str, map_location="cpu") -> dict:
+    p = latest(out_dir)
+    if p is None:
+        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in '{out_dir}'; train first with "
+                              f"`python -m modgpt_torch.train --out_dir={out_dir}`")
+    return load(p, map_location)
+
+
+def load_model(out_dir: str, device="cpu"):
+    """(model in eval mode, Config, checkpoint dict) from a run directory's latest checkpoint."""
+    from modgpt_torch.model import ConfigurableGPT
+    ck = load_latest(out_dir)
+    cfg = C.from_dict(ck["config"])
+    model = ConfigurableGPT(cfg.model)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg, ck

@@ -1,0 +1,138 @@
+"""Data parallelism applied after the model is built: DDP, ZeRO-1, FSDP2 (fully_shard).
+
+Also the process-group setup under torchrun and full-state-dict gathering for checkpoints, so the
+model files never import torch.distributed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    enabled: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device_type: str) -> Dist:
+    """Join the torchrun process group (nccl on CUDA, gloo on CPU); a no-op when not under torchrun."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 1:
+        return Dist()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(rank, world, local, True)
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_flag(d: Dist, flag: bool, device) -> bool:
+    """True when the flag is set on any rank (all ranks agree on a stop)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean(d: Dist, x: float, device) -> float:
+    if not d.enabled:
+        return x
+    t = torch.tensor([x], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return t.item() / d.world
+
+
+def describe(mode: str, d: Dist) -> str:
+    names = {"none": "none (single process)", "ddp": "DDP", "zero1": "ZeRO-1 (ZeroRedundancyOptimizer)",
+             "fsdp": "FSDP2 (fully_shard per block + root)"}
+    return f"{names[mode]} x{d.world} processes" if d.enabled else names["none"]
+
+
+def wrap(model, mode: str, d: Dist, device):
+    """The module to call in training; `model` itself stays the raw module for state dicts."""
+    if mode != "none" and not d.enabled:
+        raise RuntimeError(f"parallel={mode} needs torchrun (e.g. torchrun --nproc_per_node=2 -m modgpt_torch.train)")
+    if mode in ("ddp", "zero1"):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    return model
+
+
+def make_optimizer(params_groups, mode: str, **kw):
+    """AdamW, or AdamW partitioned across ranks for ZeRO-1."""
+    if mode == "zero1":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        # ZeRO wants a flat param list first; the no-decay group is added as a second group
+        opt = ZeroRedundancyOptimizer(params_groups[0]["params"], optimizer_class=torch.optim.AdamW,
+                                      weight_decay=params_groups[0]["weight_decay"], **kw)
+        for g in params_groups[1:]:
+            opt.add_param_group(g)
+        return opt
+    return torch.optim.AdamW(params_groups, **kw)
+
+
+def no_sync(wrapped, mode: str, last: bool):
+    """Skip DDP's gradient all-reduce on non-final micro steps."""
+    if mode in ("ddp", "zero1") and not last:
+        return wrapped.no_sync()
+    if mode == "fsdp" and hasattr(wrapped, "set_requires_gradient_sync"):
+        wrapped.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
+
+
+def full_state(model, opt, mode: str, d: Dist) -> tuple[dict | None, dict | None]:
+    """(model, optimizer) full state dicts on rank 0 (None elsewhere); collective under parallelism."""
+    if mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        msd = get_model_state_dict(model, options=o)
+        # before the first step the optimizer has no state, and get_optimizer_state_dict would
+        # create it with a zero-lr fake step that bumps Adam's step count: record "fresh" instead
+        osd = get_optimizer_state_dict(model, opt, options=o) if opt.state else None
+        return (msd, osd) if d.is_main else (None, None)
+    if mode == "zero1":
+        opt.consolidate_state_dict(to=0)
+        return (model.state_dict(), opt.state_dict()) if d.is_main else (None, None)
+    return model.state_dict(), opt.state_dict()
+
+
+def load_optimizer(model, opt, osd: dict, mode: str) -> None:
+    """Restore a full optimizer state dict (as written by full_state) on every rank."""
+    if osd is None:  # saved before the first step: the fresh optimizer is already right
+        return
+    if mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(osd)

@@ -1,0 +1,70 @@
+"""Small functional entry points for the parity suite: build, loss+grads, one training step,
+all in the canonical (framework-free, numpy float32, matrices (in, out)) layout."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from modgpt import config as C
+from modgpt import weights as W
+from modgpt_torch.model import ConfigurableGPT
+from modgpt_torch.weights import load_canonical, to_canonical
+
+
+def build_model(m: C.ModelConfig, tensors: dict | None = None, seed: int = 0) -> ConfigurableGPT:
+    """A float32 CPU model in eval mode (no dropout), loaded from canonical tensors when given."""
+    torch.manual_seed(seed)
+    model = ConfigurableGPT(m)
+    if tensors is not None:
+        load_canonical(model, tensors)
+    return model.eval()
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay on ndim >= 2 (matrices and embeddings) only, as the contract says."""
+    return [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def make_optimizer(model, t: C.TrainConfig, lr: float | None = None) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.learning_rate if lr is None else lr,
+                             betas=(t.beta1, t.beta2), eps=t.adam_eps)
+
+
+def canonical_grads(model) -> dict[str, np.ndarray]:
+    """Gradients in canonical names/layout (tied models: wte's grad includes the LM head's)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name in W.canonical_shapes(model.cfg):
+        g = params[name].grad.detach().to(torch.float32)
+        out[name] = np.ascontiguousarray((g.T if W.is_matrix(name) else g).numpy())
+    return out
+
+
+def loss_and_grads(model, x, y) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean cross-entropy on (x, y) int arrays (B, T) and its canonical gradients."""
+    model.zero_grad(set_to_none=True)
+    _, loss = model(torch.as_tensor(np.asarray(x)).long(), torch.as_tensor(np.asarray(y)).long())
+    loss.backward()
+    return float(loss.item()), canonical_grads(model)
+
+
+def train_step(model, opt, x, y, t: C.TrainConfig, lr: float) -> tuple[float, float]:
+    """One optimizer step as train.py takes it (no accumulation): (loss, pre-clip grad norm)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    _, loss = model(torch.as_tensor(np.asarray(x)).long(), torch.as_tensor(np.asarray(y)).long())
+    loss.backward()
+    clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
+    opt.step()
+    return float(loss.item()), float(norm.item())
+
+
+def adamw_step(m: C.ModelConfig, tensors: dict, x, y, t: C.TrainConfig, lr: float) -> dict[str, np.ndarray]:
+    """Canonical tensors after one fresh-AdamW step with clipping from `tensors` on batch (x, y)."""
+    model = build_model(m, tensors)
+    opt = make_optimizer(model, t, lr)
+    train_step(model, opt, x, y, t, lr)
+    return to_canonical(model)

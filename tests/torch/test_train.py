@@ -1,0 +1,128 @@
+"""End-to-end CLI runs on a tiny model: smoke, exact resume, export/init_from, sample, bad input."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from modgpt import runlog
+from modgpt import weights as W
+
+torch.set_num_threads(1)
+TINY = ["--size=tiny", "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2",
+        "--lr_decay_iters=8", "--learning_rate=3e-3", "--seed=7"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(module, *args, check=True):
+    p = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=ENV,
+                       timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def full_run(data_dir, tmp_path_factory):
+    """8 iterations, evaluated and checkpointed every 4."""
+    out = str(tmp_path_factory.mktemp("full") / "run")
+    p = run("modgpt_torch.train", *TINY, "--max_iters=8", "--eval_interval=4", f"--data_dir={data_dir}",
+            f"--out_dir={out}")
+    return out, p
+
+
+def losses(out):
+    return {r["iter"]: r["loss"] for r in runlog.read(out) if r["type"] == "iter"}
+
+
+def final_state(out):
+    from modgpt_torch.checkpoint import load_latest
+    return load_latest(out)
+
+
+def test_smoke_log_checkpoint_sample(full_run):
+    out, p = full_run
+    assert "MODEL ARCHITECTURE" in p.stdout and "tokens/iter" in p.stdout
+    types = [r["type"] for r in runlog.read(out)]
+    assert types[0] == "header" and types[-1] == "end"
+    assert {"iter", "eval", "event"} <= set(types)
+    end = runlog.read(out)[-1]
+    assert end["status"] == "completed" and end["iter"] == 8
+    assert sorted(os.listdir(out)).count("ckpt-00000008.pt") == 1
+    s = run("modgpt_torch.sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20", "--start=KING")
+    assert s.stdout.startswith("KING") and len(s.stdout) > 20
+
+
+def test_resume_is_exact(full_run, data_dir, tmp_path):
+    """4 iterations, then init_from=resume to 8: same losses and bit-identical final parameters and
+    optimizer state on CPU fp32 (same batches, restored AdamW state and RNG)."""
+    ref, _ = full_run
+    out = str(tmp_path / "run")
+    common = [*TINY, "--eval_interval=4", f"--data_dir={data_dir}", f"--out_dir={out}"]
+    run("modgpt_torch.train", *common, "--max_iters=4")
+    p = run("modgpt_torch.train", *common, "--max_iters=8", "--init_from=resume")
+    assert "(resuming)" in p.stdout
+    assert losses(out) == losses(ref)
+    a, b = final_state(ref), final_state(out)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
+
+
+def test_export_and_init_from(full_run, data_dir, tmp_path):
+    ref, _ = full_run
+    f = str(tmp_path / "w.safetensors")
+    run("modgpt_torch.export", f"--out_dir={ref}", "--to", f)
+    tensors, cfg = W.load(f)
+    ck = final_state(ref)
+    assert torch.equal(torch.from_numpy(tensors["blocks.0.attn.qkv.weight"]).T,
+                       ck["model"]["blocks.0.attn.qkv.weight"])
+    out = str(tmp_path / "run2")
+    run("modgpt_torch.train", *TINY, "--max_iters=0", f"--init_from={f}", f"--data_dir={data_dir}",
+        f"--out_dir={out}")
+    ck2 = final_state(out)
+    for k in ck["model"]:
+        assert torch.equal(ck["model"][k], ck2["model"][k]), k
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--n_layr=2"], "n_layer"),
+    (["--normalization=rmsnrom"], "rmsnorm"),
+    (["--n_embd=30", "--n_head=4"], "divisible"),
+    (["--dataset=nope"], "nope"),
+    (["--init_from=resume"], "resume"),
+])
+def test_bad_input_exits_2(data_dir, tmp_path, args, needle):
+    out = tmp_path / "bad"
+    p = run("modgpt_torch.train", *TINY, f"--data_dir={data_dir}", f"--out_dir={out}", *args, check=False)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+    assert not (out / "config.json").exists()
+
+
+def test_resume_other_backend_refused(full_run, tmp_path):
+    import json
+    import shutil
+    ref, _ = full_run
+    out = tmp_path / "jaxrun"
+    shutil.copytree(ref, out)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "backend": "jax"}))
+    p = run("modgpt_torch.train", f"--out_dir={out}", "--init_from=resume", check=False)
+    assert p.returncode == 2 and "modgpt_jax" in p.stderr
+
+
+def test_sample_without_checkpoint(tmp_path):
+    p = run("modgpt_torch.sample", f"--out_dir={tmp_path}", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_no_jax_import():
+    p = subprocess.run([sys.executable, "-c", "import modgpt_torch.train, modgpt_torch.sample, "
+                        "modgpt_torch.export, modgpt_torch.parallel, sys; assert 'jax' not in sys.modules"],
+                       env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

@@ -5,16 +5,18 @@
 n_layer = 12                      # transformer blocks
 n_head = 12                       # attention heads; n_embd must be divisible by it
 n_embd = 768                      # model width
+n_kv_head = 0                     # key/value heads: 0 = n_head, 1 = multi-query, else grouped-query (divides n_head)
 block_size = 1024                 # context length (the learned position table's size)
 vocab_size = 50304                # set from the data's meta.json when not given (padded to 64 for BPE)
 normalization = "rmsnorm"         # layernorm | layernorm_nobias | rmsnorm
 norm_eps = 1e-5                   # epsilon of every norm
 activation = "gelu"               # gelu (exact erf) | silu | relu | leaky_relu (slope 0.01)
-position_encoding = "rope"        # learned_absolute | rope | none
+position_encoding = "rope"        # learned_absolute | rope | alibi | none
 rope_theta = 10000.0              # RoPE base (half-split layout, see docs/backend_contract.md)
 attention_backend = "sdpa"        # sdpa (fused/flash where available) | manual (explicit softmax)
+qk_norm = False                   # normalize q and k per head with `normalization`
 norm_position = "pre"             # pre (GPT-2, llama) | post (original Transformer)
-ffn_type = "glu"                  # standard (4x) | swiglu (8/3x, SiLU gate) | glu (8/3x, gate = activation)
+ffn_type = "glu"                  # standard (4x) | swiglu (8/3x, SiLU gate) | glu (8/3x, gate = activation: GeGLU...)
 ffn_hidden = 0                    # 0 = the rule above (gated: 8/3 x n_embd rounded up to a multiple of 32)
 bias = False                      # biases in every Linear (never in the LM head)
 weight_tying = False              # LM head shares the token embedding

@@ -18,7 +18,7 @@ from typing import Any
 CHOICES: dict[str, tuple[str, ...]] = {
     "normalization": ("layernorm", "layernorm_nobias", "rmsnorm"),
     "activation": ("gelu", "silu", "relu", "leaky_relu"),
-    "position_encoding": ("learned_absolute", "rope", "none"),
+    "position_encoding": ("learned_absolute", "rope", "alibi", "none"),
     "attention_backend": ("sdpa", "manual"),
     "norm_position": ("pre", "post"),
     "ffn_type": ("standard", "swiglu", "glu"),
@@ -33,6 +33,11 @@ COMPONENT_KINDS = ("normalization", "activation", "position_encoding", "attentio
 LEAKY_RELU_SLOPE = 0.01
 # Gated FFN hidden size = 8/3 * n_embd rounded up to a multiple of this (unless ffn_hidden is set).
 FFN_MULTIPLE_OF = 32
+# Numeric/bool model options whose interesting values cannot be read off CHOICES or a bool type:
+# the values the parity suite (and the backends' option tests) enumerate one at a time, on top of
+# CHOICES and the bool options. Valid for any n_head divisible by 2 (the parity size has 4 heads):
+# n_kv_head 1 = multi-query, 2 = grouped-query with n_head/2 query heads per key/value head.
+OPTION_VALUES: dict[str, tuple] = {"n_kv_head": (1, 2)}
 
 
 class ConfigError(ValueError):
@@ -45,6 +50,7 @@ class ModelConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    n_kv_head: int = 0  # key/value heads: 0 = n_head (multi-head), 1 = multi-query, else grouped-query
     block_size: int = 1024
     vocab_size: int = 50304
     normalization: str = "layernorm"
@@ -53,6 +59,7 @@ class ModelConfig:
     position_encoding: str = "learned_absolute"
     rope_theta: float = 10000.0
     attention_backend: str = "sdpa"
+    qk_norm: bool = False  # normalize q and k per head (over head_dim) with `normalization`
     norm_position: str = "pre"
     ffn_type: str = "standard"
     ffn_hidden: int = 0  # 0 = the rule: 4 x n_embd (standard) or 8/3 x n_embd rounded up (gated)
@@ -65,6 +72,16 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually used (n_kv_head, with 0 meaning n_head)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def qkv_size(self) -> int:
+        """Output width of attn.qkv: [q (n_head*hd) | k (kv_heads*hd) | v (kv_heads*hd)]."""
+        return (self.n_head + 2 * self.kv_heads) * self.head_dim
 
     @property
     def gated(self) -> bool:
@@ -294,12 +311,16 @@ def validate(cfg: Config) -> None:
         sec = getattr(cfg, KEY_SECTION[key])
         if getattr(sec, key) < 1:
             raise ConfigError(f"option '{key}' must be >= 1, got {getattr(sec, key)}")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "ffn_hidden", "seed"):
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "ffn_hidden", "seed", "n_kv_head"):
         sec = getattr(cfg, KEY_SECTION[key])
         if getattr(sec, key) < 0:
             raise ConfigError(f"option '{key}' must be >= 0, got {getattr(sec, key)}")
     if m.n_embd % m.n_head:
         raise ConfigError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    if m.n_head % m.kv_heads:
+        valid = ", ".join(str(d) for d in range(1, m.n_head + 1) if m.n_head % d == 0)
+        raise ConfigError(f"option 'n_kv_head' must divide n_head ({m.n_head}): got {m.n_kv_head}; "
+                          f"valid: {valid} (0 = n_head)")
     if m.position_encoding == "rope" and m.head_dim % 2:
         raise ConfigError(f"position_encoding 'rope' needs an even head dim; "
                           f"n_embd/n_head = {m.n_embd}/{m.n_head} = {m.head_dim}")
@@ -334,20 +355,33 @@ def validate(cfg: Config) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Names and the summary tree.
-_POS = {"learned_absolute": "Learned", "rope": "RoPE", "none": "NoPE"}
+_POS = {"learned_absolute": "Learned", "rope": "RoPE", "alibi": "ALiBi", "none": "NoPE"}
 _NORM = {"layernorm": "LN", "layernorm_nobias": "LNnb", "rmsnorm": "RMS"}
 _ACT = {"gelu": "GELU", "silu": "SiLU", "relu": "ReLU", "leaky_relu": "LeakyReLU"}
 _GLU = {"gelu": "GeGLU", "silu": "SwiGLU", "relu": "ReGLU", "leaky_relu": "LeakyGLU"}
+# (a name missing from these label tables appears in architecture names as itself)
 
 
 def ffn_label(m: ModelConfig) -> str:
-    return _GLU[m.ffn_activation] if m.gated else _ACT[m.activation]
+    return _GLU.get(m.ffn_activation, m.ffn_activation + "GLU") if m.gated else _ACT.get(m.activation, m.activation)
+
+
+def attention_label(m: ModelConfig) -> str:
+    """'' for multi-head attention, MQA for one key/value head, GQA<n_kv> for grouped-query."""
+    if m.kv_heads == m.n_head:
+        return ""
+    return "MQA" if m.kv_heads == 1 else f"GQA{m.kv_heads}"
 
 
 def arch_name(m: ModelConfig) -> str:
     """e.g. 12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm; flags that differ between runs are appended."""
-    parts = [f"{m.n_layer}L", f"{m.n_head}H", f"{m.n_embd}D", _POS[m.position_encoding],
-             _NORM[m.normalization], ffn_label(m), "PreNorm" if m.norm_position == "pre" else "PostNorm"]
+    parts = [f"{m.n_layer}L", f"{m.n_head}H", f"{m.n_embd}D", _POS.get(m.position_encoding, m.position_encoding),
+             _NORM.get(m.normalization, m.normalization), ffn_label(m),
+             "PreNorm" if m.norm_position == "pre" else "PostNorm"]
+    if attention_label(m):
+        parts.append(attention_label(m))
+    if m.qk_norm:
+        parts.append("QKNorm")
     if m.bias:
         parts.append("Bias")
     if m.weight_tying:
@@ -366,8 +400,9 @@ def summary_tree(cfg: Config, params: int | None = None, flops_per_token: float 
         from modgpt.flops import count  # local: flops imports config
         c = count(m)
         params, flops_per_token = c.params, c.flops_per_token
-    act = (f"{m.ffn_type} ({_ACT[m.ffn_activation]} gate)" if m.gated else m.activation)
-    pos = m.position_encoding + (f" (theta={m.rope_theta})" if m.position_encoding == "rope" else "")
+    act = (f"{m.ffn_type} ({_ACT.get(m.ffn_activation, m.ffn_activation)} gate)" if m.gated else m.activation)
+    pos = m.position_encoding + {"rope": f" (theta={m.rope_theta})",
+                                 "alibi": " (additive bias, slopes 2^(-8i/n_head))"}.get(m.position_encoding, "")
     ratio = m.ffn_hidden_size / m.n_embd
     rows = [
         ("Architecture Name", arch_name(m)),
@@ -379,6 +414,13 @@ def summary_tree(cfg: Config, params: int | None = None, flops_per_token: float 
         ("Activation", act),
         ("Position Encoding", pos),
         ("Attention Backend", m.attention_backend),
+    ]
+    if attention_label(m):
+        tree.append(("Attention Heads", f"{m.n_head} query / {m.kv_heads} key-value ({attention_label(m)}, "
+                                        f"{m.n_head // m.kv_heads} query heads per kv head)"))
+    if m.qk_norm:
+        tree.append(("QK Norm", f"{m.normalization} per head over head_dim {m.head_dim}"))
+    tree += [
         ("Norm Position", m.norm_position),
         ("FFN Type", f"{m.ffn_type} ({ratio:.2f}x expansion, hidden {m.ffn_hidden_size})"),
         ("Bias", "Yes" if m.bias else "No"),

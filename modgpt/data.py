@@ -146,3 +146,25 @@ class GPT2Tokenizer:
 
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids])
+
+
+def end_sample_plan(data_dir: str, dataset: str, max_chars: int = 200):
+    """(tokenizer, prompt ids, new tokens, data vocab) for the short sample a finished run prints.
+
+    None when the dataset has no text tokenizer (only char and gpt2 BPE data decode to text). A char
+    is one token; a GPT-2 BPE token averages about 4 characters of English, so ~max_chars/3 tokens.
+    """
+    try:
+        meta = load_meta(dataset_dir(data_dir, dataset))
+        tok = get_tokenizer(meta)
+    except DataError:
+        return None
+    if meta.get("tokenizer") not in ("char", "gpt2"):
+        return None
+    n_new = max_chars if meta["tokenizer"] == "char" else max(1, max_chars // 3)
+    return tok, tok.encode("\n"), n_new, int(meta["vocab_size"])
+
+
+def decode_sample(tok, new_ids, vocab_size: int, max_chars: int = 200) -> str:
+    """Text of sampled ids, dropping ids past the data's vocab (BPE padding rows are never targets)."""
+    return tok.decode([int(i) for i in new_ids if int(i) < vocab_size])[:max_chars]

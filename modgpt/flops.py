@@ -2,13 +2,16 @@
 
 Convention (PaLM, Chowdhery et al. 2022, appendix B):
     train FLOPs/token = 6 x N_matmul + 12 x L x H x hd x T
-where N_matmul counts the weights of every matmul a token passes through: q/k/v and output
+where N_matmul counts the weights of every matmul a token passes through: q/k/v (n_embd x
+(n_head + 2 n_kv_head) hd: grouped-query attention shrinks the k and v projections only) and output
 projections, the FFN matrices (2 for standard, 3 for gated), and the LM head, counted once whether
 tied to the embedding or not. Embedding lookups are not matmuls and are not counted. The attention
 term counts the score (QK^T) and value (AV) matmuls over the full T x T square, not halved for the
-causal mask; `flops_per_token_causal` halves it. The factor 6 = 2 (multiply-add) x 3 (forward, plus
-backward w.r.t. inputs and weights). Biases, norms, RoPE, activations and softmax are non-matmul
-FLOPs: estimated and reported separately, never added to the MFU numerator.
+causal mask; `flops_per_token_causal` halves it. H is the number of query heads: with grouped-
+query attention every query head still scores every key, so the attention term does not shrink.
+The factor 6 = 2 (multiply-add) x 3 (forward, plus backward w.r.t. inputs and weights). Biases,
+norms (qk_norm included), RoPE, the ALiBi bias add, activations and softmax are non-matmul FLOPs:
+estimated and reported separately, never added to the MFU numerator.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ NORM_FLOPS = {"layernorm": 8, "layernorm_nobias": 7, "rmsnorm": 5}
 ACT_FLOPS = {"gelu": 8, "silu": 4, "relu": 1, "leaky_relu": 2}
 ROPE_FLOPS = 3  # per rotated element: two multiplies and an add
 SOFTMAX_FLOPS = 5  # per score: max, sub, exp, sum, div
+ALIBI_FLOPS = 1  # per score: the bias add
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,10 @@ def count(m: ModelConfig, seq_len: int | None = None) -> Count:
     """Params and FLOPs per token for sequences of seq_len (default block_size)."""
     T = seq_len or m.block_size
     L, D, H, V, F = m.n_layer, m.n_embd, m.n_head, m.vocab_size, m.ffn_hidden_size
-    hd = m.head_dim
+    hd, KV = m.head_dim, m.kv_heads
     n_ffn = 3 if m.gated else 2
     mm = {
-        "attn_qkv": L * D * 3 * D,
+        "attn_qkv": L * D * m.qkv_size,  # (H + 2 KV) hd columns; 3 D for multi-head attention
         "attn_out": L * D * D,
         "ffn": L * n_ffn * D * F,
         "lm_head": D * V,
@@ -79,12 +83,14 @@ def count(m: ModelConfig, seq_len: int | None = None) -> Count:
     }
     total = float(sum(breakdown.values()))
     n_norms = 2 * L + (1 if m.final_norm else 0)
+    qk_elems = (H + KV) * hd  # q and k elements per token per layer (rope and qk_norm touch them)
     non_matmul = {
-        "norms": 3 * NORM_FLOPS[m.normalization] * D * n_norms,
+        "norms": 3 * NORM_FLOPS[m.normalization] * (D * n_norms + (qk_elems * L if m.qk_norm else 0)),
         "activation": 3 * ACT_FLOPS[m.ffn_activation] * F * L + (3 * F * L if m.gated else 0),
-        "rope": 3 * ROPE_FLOPS * 2 * D * L if m.position_encoding == "rope" else 0,
+        "rope": 3 * ROPE_FLOPS * qk_elems * L if m.position_encoding == "rope" else 0,
+        "alibi": 3 * ALIBI_FLOPS * H * T * L if m.position_encoding == "alibi" else 0,
         "softmax": 3 * SOFTMAX_FLOPS * H * T * L,
-        "bias": 3 * (3 * D + D + (n_ffn - 1) * F + D) * L if m.bias else 0,
+        "bias": 3 * (m.qkv_size + D + (n_ffn - 1) * F + D) * L if m.bias else 0,
         "residual": 3 * 2 * D * L,
     }
     params = param_count(m)

@@ -1,10 +1,15 @@
-"""Atomic file writes and run-directory locking, shared by every writer in the project."""
+"""Atomic file writes, run-directory locking and free-space checks, shared by every writer in the
+project; plus the test-only fault-injection hook the reliability tests use (see `fault`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
+import sys
 import tempfile
+import time
 
 
 @contextlib.contextmanager
@@ -51,6 +56,68 @@ def write_bytes(path: str, data: bytes) -> None:
             f.write(data)
 
 
+def nearest_existing(path: str) -> str:
+    """`path` or its closest ancestor that exists (where a new directory would be created)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return p
+
+
+def probe_writable(path: str) -> None:
+    """Raise OSError unless a file can be created in `path` (or where it would be created).
+
+    Leaves nothing behind and does not create `path`: a refused run must not write anything.
+    Writes a real probe file because permission bits alone lie (root, read-only mounts).
+    """
+    base = nearest_existing(path)
+    if not os.path.isdir(base):
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), base)
+    fd, probe = tempfile.mkstemp(prefix=".modgpt-write-probe-", dir=base)
+    try:
+        os.write(fd, b"ok")
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes on the filesystem that holds (or would hold) `path`."""
+    forced = fault_value("disk_free")
+    if forced is not None:
+        return int(forced)
+    return shutil.disk_usage(nearest_existing(path)).free
+
+
+def lock_holder(out_dir: str) -> str | None:
+    """The pid text of a live run holding out_dir's lock, or None; opens the lock read-only."""
+    import fcntl
+    path = os.path.join(out_dir, ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        with contextlib.suppress(OSError):
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        return "?"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def in_use_message(out_dir: str, holder: str) -> str:
+    return (f"out_dir '{out_dir}' is in use by another run (pid {holder}); choose another --out_dir "
+            f"or stop that run")
+
+
 class RunLock:
     """An exclusive lock on a run directory so two runs never interleave files in one out_dir.
 
@@ -74,8 +141,7 @@ class RunLock:
                     holder = f.read().strip()
             except OSError:
                 holder = "?"
-            raise RuntimeError(f"out_dir '{os.path.dirname(self.path)}' is in use by another run "
-                               f"(pid {holder or '?'}); choose another --out_dir or stop that run") from None
+            raise RuntimeError(in_use_message(os.path.dirname(self.path), holder or "?")) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.fd = fd
@@ -91,3 +157,62 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-only fault injection. Real runs never set MODGPT_TEST_FAULT; tests/reliability does, to
+# hit windows a signal cannot hit reliably (inside a checkpoint write, in the middle of a step).
+#   MODGPT_TEST_FAULT="POINT@ITER:ACTION[,...]"   e.g. "ckpt_write@4:pause", "step@3:pause",
+#                                                       "ckpt_write@2:enospc", "disk_free=1000"
+# Points: ckpt_write (inside a checkpoint save, after the temporary file/dir is fully written and
+# before it is renamed into place; the hook first truncates it to half so it is really partial),
+# step (between the backward pass and the parameter update). Actions: pause (print one
+# "[test fault] ..." line to stdout and sleep for good, so the test can SIGKILL the process right
+# there), sleep (print the line, sleep 2 s, go on: time for a test's signal to land mid-step),
+# enospc (raise OSError(ENOSPC) as a full disk would). "disk_free=N" replaces the free-space
+# figure used by the start-up check.
+
+FAULT_ENV = "MODGPT_TEST_FAULT"
+
+
+def _fault_specs() -> list[str]:
+    return [x.strip() for x in os.environ.get(FAULT_ENV, "").split(",") if x.strip()]
+
+
+def fault_value(name: str) -> str | None:
+    for spec in _fault_specs():
+        key, eq, val = spec.partition("=")
+        if eq and key == name:
+            return val
+    return None
+
+
+def truncate_half(path: str) -> None:
+    """Cut a file, or every file under a directory, to half its size (a torn write)."""
+    files = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+    for f in files:
+        with contextlib.suppress(OSError):
+            os.truncate(f, os.path.getsize(f) // 2)
+
+
+def fault(point: str, it: int, partial: str | None = None) -> None:
+    """Test-only: misbehave at `point` on iteration `it` if MODGPT_TEST_FAULT asks; else nothing."""
+    for spec in _fault_specs():
+        where, _, action = spec.partition(":")
+        name, _, at = where.partition("@")
+        if name != point or not at.isdigit() or int(at) != it:
+            continue
+        if action not in ("pause", "sleep", "enospc"):
+            raise ValueError(f"{FAULT_ENV}: unknown action {action!r} in {spec!r} (pause, sleep, enospc)")
+        if partial is not None and action != "sleep":
+            truncate_half(partial)
+        if action == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), partial)
+        print(f"[test fault] {action} in {point} at iteration {it} (pid {os.getpid()}, "
+              f"rank {os.environ.get('RANK', '0')})", flush=True)
+        sys.stderr.flush()
+        if action == "sleep":
+            time.sleep(2.0)
+            return
+        while True:
+            time.sleep(3600)

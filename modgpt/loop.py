@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -15,12 +14,13 @@ from modgpt import config as C
 from modgpt import data as D
 from modgpt import flops as F
 from modgpt import hardware as HW
+from modgpt import io
 from modgpt.io import RunLock, write_json
 from modgpt.presets import resolve_auto_size
 from modgpt.runlog import RunLog
 
 CONFIG_NAME = "config.json"
-MIN_FREE_BYTES = 64 << 20  # refuse to start with less free disk than this in out_dir
+MARGIN_BYTES = 16 << 20  # free space kept beyond the checkpoints (logs, config, filesystem slack)
 
 
 def lr_at(it: int, t: C.TrainConfig) -> float:
@@ -50,6 +50,9 @@ class Run:
     size_reason: str
     resume: bool
     lock: RunLock | None = None
+    is_main: bool = True
+    backend: str = ""
+    committed: bool = False
 
 
 class SetupError(RuntimeError):
@@ -62,8 +65,8 @@ def ensure_data(cfg: C.Config, verbose: bool = True) -> str:
     path = D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
     if not os.path.isfile(os.path.join(path, "meta.json")):
         if cfg.train.dataset in DATASETS and cfg.train.dataset != "text":
-            if verbose:
-                print(f"data: '{path}' not prepared yet; preparing {cfg.train.dataset} now", file=sys.stderr)
+            if verbose:  # stdout: stderr is kept for the one-line error if preparing fails
+                print(f"data: '{path}' not prepared yet; preparing {cfg.train.dataset} now", flush=True)
             prepare(cfg.train.dataset, data_dir=cfg.train.data_dir, progress=verbose)
         else:
             raise D.DataError(f"no prepared data for dataset '{cfg.train.dataset}' in '{path}'; run "
@@ -77,26 +80,57 @@ def default_out_dir(backend: str, cfg: C.Config) -> str:
     return os.path.join("runs", f"{stamp}-{backend}-{C.arch_name(cfg.model)}")
 
 
-def check_writable(out_dir: str) -> None:
+def checkpoint_bytes(cfg: C.Config) -> int:
+    """Estimated size of one checkpoint: float32 weights plus AdamW's two moments, plus slack."""
+    return 12 * F.count(cfg.model).params + (1 << 20)
+
+
+def dir_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def check_writable(out_dir: str, cfg: C.Config | None = None) -> None:
+    """Refuse early when out_dir cannot be written or the disk cannot hold the run's checkpoints.
+
+    Creates nothing (the probe file is removed; out_dir itself is made only by commit()). The
+    space needed is keep_checkpoints + 1 checkpoints (a new one is written before the oldest is
+    dropped), less what out_dir already holds, plus a margin.
+    """
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write-probe-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
+        io.probe_writable(out_dir)
     except OSError as e:
-        raise SetupError(f"out_dir '{out_dir}' is not writable ({e.strerror}); choose another --out_dir") from None
-    free = shutil.disk_usage(out_dir).free
-    if free < MIN_FREE_BYTES:
-        raise SetupError(f"out_dir '{out_dir}' has only {free >> 20} MiB free; checkpoints need more "
-                         f"(at least {MIN_FREE_BYTES >> 20} MiB); free space or choose another --out_dir")
+        why = e.strerror or type(e).__name__
+        at = os.path.abspath(str(e.filename)) if e.filename else None
+        where = f" at '{e.filename}'" if at and at != os.path.abspath(out_dir) else ""
+        raise SetupError(f"out_dir '{out_dir}' is not writable ({why}{where}); choose another --out_dir") from None
+    if cfg is None:
+        return
+    one = checkpoint_bytes(cfg)
+    need = max(one, (cfg.train.keep_checkpoints + 1) * one - dir_bytes(out_dir)) + MARGIN_BYTES
+    free = io.free_bytes(out_dir)
+    if free < need:
+        raise SetupError(f"out_dir '{out_dir}' has {free / 2**20:.1f} MiB free but the run needs about "
+                         f"{need / 2**20:.1f} MiB ({cfg.train.keep_checkpoints} checkpoints of "
+                         f"~{one / 2**20:.1f} MiB + one being written); free space, lower "
+                         f"--keep_checkpoints or choose another --out_dir")
 
 
-def setup(args, backend: str, has_accelerator: bool, is_main: bool = True) -> Run:
+def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write: bool = True) -> Run:
     """Resolve size/vocab/data/out_dir for a training run; raises SetupError/DataError/ConfigError.
 
     For init_from=resume the out_dir must hold a config.json from the same backend; the saved
     architecture must equal the requested one (training options may change, e.g. max_iters).
+    Everything checkable (data files, out_dir writable and free, not locked by a live run) is
+    checked before anything is written. With write=False nothing is written at all: the backend
+    then loads its checkpoint / init weights (which can still fail) and calls commit(run), which
+    creates out_dir, takes the lock and writes config.json.
     """
     cfg = args.config
     explicit = set(args.explicit)
@@ -124,6 +158,8 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True) -> Ru
         cfg, reason = resolve_auto_size(cfg, explicit, has_accelerator)
     data_path = ensure_data(cfg, verbose=is_main) if is_main else D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
     meta = D.load_meta(data_path)
+    for split in D.SPLITS:  # a truncated .bin is refused here, before out_dir is touched
+        D.open_split(data_path, split, meta)
     if "vocab_size" not in explicit and not resume and not cfg.train.init_from.startswith("nanogpt:"):
         cfg = cfg.replace(vocab_size=padded_vocab(meta["vocab_size"]))
     if meta["vocab_size"] > cfg.model.vocab_size:
@@ -134,19 +170,50 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True) -> Ru
                           f"({min(meta['train_tokens'], meta['val_tokens'])} tokens)")
     out_dir = cfg.train.out_dir or default_out_dir(backend, cfg)
     cfg = cfg.replace(out_dir=out_dir)
-    run = Run(cfg=cfg, data_path=data_path, meta=meta, out_dir=out_dir, size_reason=reason, resume=resume)
+    run = Run(cfg=cfg, data_path=data_path, meta=meta, out_dir=out_dir, size_reason=reason, resume=resume,
+              is_main=is_main, backend=backend)
     if is_main:
-        check_writable(out_dir)
-        if not resume and os.path.isfile(os.path.join(out_dir, CONFIG_NAME)):
-            raise SetupError(f"out_dir '{out_dir}' already holds a run; pass --init_from=resume to continue "
-                             f"it or choose another --out_dir")
-        try:
-            run.lock = RunLock(out_dir).acquire()
-        except RuntimeError as e:
-            raise SetupError(str(e)) from None
-        if not resume:
-            write_json(os.path.join(out_dir, CONFIG_NAME), {**cfg.to_dict(), "backend": backend})
+        holder = io.lock_holder(out_dir)
+        if holder is not None:
+            raise SetupError(io.in_use_message(out_dir, holder))
+        check_fresh(run)
+        check_writable(out_dir, cfg)
+        if write:
+            commit(run)
     return run
+
+
+def check_fresh(run: Run) -> None:
+    if not run.resume and os.path.isfile(os.path.join(run.out_dir, CONFIG_NAME)):
+        raise SetupError(f"out_dir '{run.out_dir}' already holds a run; pass --init_from=resume to continue "
+                         f"it or choose another --out_dir")
+
+
+def commit(run: Run) -> None:
+    """The first write of a run: create out_dir, take its lock, write config.json (fresh runs).
+
+    Re-checks under the lock, so two runs started at once cannot both get past setup().
+    No-op on non-main processes and when already committed.
+    """
+    if not run.is_main or run.committed:
+        return
+    try:
+        os.makedirs(run.out_dir, exist_ok=True)
+        run.lock = RunLock(run.out_dir).acquire()
+    except RuntimeError as e:
+        raise SetupError(str(e)) from None
+    except OSError as e:
+        raise SetupError(f"out_dir '{run.out_dir}' is not writable ({e.strerror}); "
+                         f"choose another --out_dir") from None
+    try:
+        check_fresh(run)
+        if not run.resume:
+            write_json(os.path.join(run.out_dir, CONFIG_NAME), {**run.cfg.to_dict(), "backend": run.backend})
+    except BaseException:
+        run.lock.release()
+        run.lock = None
+        raise
+    run.committed = True
 
 
 def check_backend(out_dir: str, backend: str) -> None:
@@ -281,3 +348,29 @@ def open_log(run: Run, enabled: bool) -> RunLog:
 def resume_hint(backend: str, out_dir: str) -> str:
     mod = "modgpt_jax" if backend == "jax" else "modgpt_torch"
     return f"resume with: python -m {mod}.train --init_from=resume --out_dir={out_dir}"
+
+
+# One wording for the messages both backends print when a run stops early (README, errors table).
+
+def no_checkpoint_note(out_dir: str) -> str:
+    return (f"note: '{out_dir}' holds a run that stopped before its first checkpoint; "
+            f"starting it again from iteration 0")
+
+
+def interrupted_message(signame: str, it: int, ckpt: str, backend: str, out_dir: str) -> str:
+    return f"stopped by {signame} at iteration {it}; saved {ckpt}; {resume_hint(backend, out_dir)}"
+
+
+def nonfinite_message(it: int, loss, grad_norm, last_good: str | None) -> str:
+    good = f"{last_good} (untouched)" if last_good else "none yet"
+    return (f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at iteration {it}; last good "
+            f"checkpoint: {good}; lower --learning_rate, or pass --skip_nonfinite=True to skip such steps")
+
+
+def save_failed_message(it: int, err: Exception, last_good: str | None, backend: str, out_dir: str) -> str:
+    """A checkpoint write failed: OSError(ENOSPC) from plain writes, RuntimeError from torch.save's
+    writer, tensorstore errors through orbax; all mean the same to the user."""
+    why = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
+    good = f"{last_good} is intact" if last_good else "there is no earlier checkpoint"
+    return (f"could not write the checkpoint of iteration {it} in '{out_dir}' ({why or type(err).__name__}); "
+            f"{good}; free space, then {resume_hint(backend, out_dir)}")

@@ -6,8 +6,11 @@ backend's parameters and this table is mechanical:
     wte.weight                    (vocab, n_embd)           token embedding (the LM head when tied)
     wpe.weight                    (block_size, n_embd)      learned_absolute only
     blocks.{i}.norm1.weight       (n_embd,)                 + .bias for layernorm
-    blocks.{i}.attn.qkv.weight    (n_embd, 3*n_embd)        stored (in, out); out = [q | k | v], heads
-    blocks.{i}.attn.qkv.bias      (3*n_embd,)                contiguous inside each (head h = cols h*hd..)
+    blocks.{i}.attn.qkv.weight    (n_embd, qkv_size)        stored (in, out); out = [q | k | v] column
+    blocks.{i}.attn.qkv.bias      (qkv_size,)               blocks, heads contiguous inside each block
+                                                            (see "qkv layout" below)
+    blocks.{i}.attn.q_norm.weight (head_dim,)               qk_norm only; + .bias for layernorm
+    blocks.{i}.attn.k_norm.weight (head_dim,)               qk_norm only; + .bias for layernorm
     blocks.{i}.attn.proj.weight   (n_embd, n_embd)          + .bias when bias=True
     blocks.{i}.norm2.weight       (n_embd,)                 + .bias for layernorm
     blocks.{i}.ffn.fc.weight      (n_embd, ffn_hidden)      the value/up projection; + .bias
@@ -15,6 +18,11 @@ backend's parameters and this table is mechanical:
     blocks.{i}.ffn.proj.weight    (ffn_hidden, n_embd)      + .bias
     norm_f.weight                 (n_embd,)                 pre-norm only; + .bias for layernorm
     lm_head.weight                (n_embd, vocab)           untied only; never a bias
+
+qkv layout: qkv_size = (n_head + 2 * kv_heads) * head_dim, kv_heads = n_kv_head or n_head. Columns
+[0, n_head*hd) are q, query head h at h*hd..(h+1)*hd; then kv_heads*hd columns of k, then of v, kv
+head g at g*hd..(g+1)*hd inside its block. Query head h attends with kv head h // (n_head/kv_heads)
+(consecutive query heads share one kv head). With n_kv_head unset this is (n_embd, 3*n_embd).
 
 Every matrix is stored (in, out) like a Flax kernel; torch.nn.Linear keeps (out, in), so the torch
 side transposes. Embeddings are (rows, n_embd) in both. All tensors are float32 in the file.
@@ -44,10 +52,10 @@ def canonical_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     if m.position_encoding == "learned_absolute":
         out["wpe.weight"] = (m.block_size, D)
 
-    def norm(prefix: str) -> None:
-        out[f"{prefix}.weight"] = (D,)
+    def norm(prefix: str, dim: int = D) -> None:
+        out[f"{prefix}.weight"] = (dim,)
         if m.norm_has_bias:
-            out[f"{prefix}.bias"] = (D,)
+            out[f"{prefix}.bias"] = (dim,)
 
     def linear(prefix: str, n_in: int, n_out: int) -> None:
         out[f"{prefix}.weight"] = (n_in, n_out)
@@ -57,7 +65,10 @@ def canonical_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     for i in range(m.n_layer):
         p = f"blocks.{i}"
         norm(f"{p}.norm1")
-        linear(f"{p}.attn.qkv", D, 3 * D)
+        linear(f"{p}.attn.qkv", D, m.qkv_size)
+        if m.qk_norm:
+            norm(f"{p}.attn.q_norm", m.head_dim)
+            norm(f"{p}.attn.k_norm", m.head_dim)
         linear(f"{p}.attn.proj", D, D)
         norm(f"{p}.norm2")
         linear(f"{p}.ffn.fc", D, F)

@@ -12,6 +12,23 @@ import jax
 import orbax.checkpoint as ocp
 
 CKPT_DIR = "checkpoints"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step being written
+
+
+def _fault_tmp_class():
+    """Test-only (MODGPT_TEST_FAULT=ckpt_write@N:...): orbax's atomic-rename temp dir with the
+    modgpt.io.fault hook run just before the rename, on a fully written but truncated temp dir."""
+    from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
+
+    from modgpt import io
+
+    class FaultTemporaryPath(AtomicRenameTemporaryPath):
+        async def finalize(self, *a, **kw):
+            name = self.get().name
+            if name.split(".")[0].isdigit():
+                io.fault("ckpt_write", int(name.split(".")[0]), partial=str(self.get()))
+            return await super().finalize(*a, **kw)
+    return FaultTemporaryPath
 
 
 class CheckpointError(RuntimeError):
@@ -22,8 +39,15 @@ def manager(out_dir: str, keep: int | None = None, read_only: bool = False) -> o
     if read_only:  # orbax warns that read-only managers do not save; that is the point here
         from absl import logging
         logging.set_verbosity(logging.ERROR)
+    from modgpt import io
+    extra = {}
+    if not read_only and "ckpt_write" in os.environ.get(io.FAULT_ENV, ""):
+        extra["temporary_path_class"] = _fault_tmp_class()
+    # cleanup: a killed save leaves '<step>.orbax-checkpoint-tmp'; the writer holds the run lock,
+    # so no temp dir is live and removing them is safe (readers never look at them anyway)
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                        enable_async_checkpointing=False)
+                                        enable_async_checkpointing=False,
+                                        cleanup_tmp_directories=not read_only, **extra)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, CKPT_DIR)), options=opts,
                                  item_names=("state", "meta"))
 
@@ -75,8 +99,12 @@ def restore(out_dir: str, params_target, opt_target, step: int | None = None):
         else:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         out = mgr.restore(step, args=args)
-    except Exception as e:  # noqa: BLE001 - orbax raises many types; report one line
-        raise CheckpointError(f"checkpoint {step} in '{out_dir}' could not be restored: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    except Exception as e:  # noqa: BLE001 - orbax raises many types; report one short line
+        why = " ".join(str(e).split())
+        why = why.split(" See full TensorStore details")[0][:200]
+        path = os.path.join(out_dir, CKPT_DIR, str(step))
+        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {why}); it is "
+                              f"truncated, corrupt or from another architecture: delete it to resume "
+                              f"from the previous one") from None
     st = out["state"]
     return st["params"], st.get("opt_state"), out["meta"]

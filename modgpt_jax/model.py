@@ -25,12 +25,18 @@ def _split(key, n):
 
 
 class CausalSelfAttention(nnx.Module):
-    """Multi-head causal self-attention; q/k rotation and attention bias come from the position hooks."""
+    """Causal self-attention (multi-head, grouped- or multi-query); q/k rotation and attention bias
+    come from the position hooks."""
 
     def __init__(self, cfg: ModelConfig, pos, *, rngs: nnx.Rngs):
         D = cfg.n_embd
-        self.n_head = cfg.n_head
-        self.qkv = dense(D, 3 * D, cfg.bias, cfg.init_std, ("embed", "heads"), rngs)  # out = [q | k | v]
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # out = [q | k | v] column blocks (modgpt/weights.py)
+        self.qkv = dense(D, cfg.qkv_size, cfg.bias, cfg.init_std, ("embed", "heads"), rngs)
+        if cfg.qk_norm:  # per-head norms over head_dim, shared by all heads
+            self.q_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
+            self.k_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
+        self.qk_norm = cfg.qk_norm
         self.proj = dense(D, D, cfg.bias, cfg.init_std / math.sqrt(2 * cfg.n_layer), ("heads", "embed"), rngs)
         self.attn_drop = nnx.Dropout(cfg.dropout)
         self.resid_drop = nnx.Dropout(cfg.dropout)
@@ -40,9 +46,12 @@ class CausalSelfAttention(nnx.Module):
 
     def __call__(self, x_BxTxD, pos_T, mask=None, key=None):
         B, T, D = x_BxTxD.shape
-        nh = self.n_head
-        q, k, v = jnp.split(self.qkv(x_BxTxD), 3, axis=-1)  # each (B, T, D); head h = cols h*hd..
-        q, k, v = (t.reshape(B, T, nh, D // nh) for t in (q, k, v))  # (B, T, nh, hd)
+        nh, nkv, hd = self.n_head, self.n_kv, self.hd
+        q, k, v = jnp.split(self.qkv(x_BxTxD), [nh * hd, (nh + nkv) * hd], axis=-1)  # head h = cols h*hd..
+        q = q.reshape(B, T, nh, hd)  # (B, T, nh, hd)
+        k, v = (t.reshape(B, T, nkv, hd) for t in (k, v))  # (B, T, nkv, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.pos.rotate(q, k, pos_T)
         k_att, k_res = _split(key, 2)
         drop = None

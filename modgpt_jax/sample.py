@@ -65,6 +65,34 @@ def generate(model, prompt_ids, max_new_tokens: int, num_samples: int, temperatu
     return np.concatenate([np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1)), new], axis=1)
 
 
+def host_model(graphdef, params):
+    """An nnx model on this process's first device from (possibly sharded) params.
+
+    Collective when the params span several processes: every process must call it.
+    """
+    import jax
+    from flax import nnx
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
+    dev = jax.local_devices()[0]
+    # jax arrays (not numpy) so a jitted decode step receives them as arguments, not HLO constants
+    return nnx.merge(graphdef, jax.tree.map(lambda a: jax.device_put(jax.device_get(a), dev), params))
+
+
+def end_of_run_sample(model, cfg, max_chars: int = 200, temperature: float = 0.8, top_k: int = 200) -> str | None:
+    """A short seeded sample (~max_chars characters from a newline prompt) printed when training ends.
+
+    None when the run's data has no text tokenizer (only char and gpt2 BPE datasets decode to text).
+    """
+    plan = D.end_sample_plan(cfg.train.data_dir, cfg.train.dataset, max_chars)
+    if plan is None:
+        return None
+    tok, ids, n_new, vocab = plan
+    row = generate(model, ids, n_new, 1, temperature, top_k, cfg.train.seed)[0][len(ids):]
+    return D.decode_sample(tok, row, vocab, max_chars)
+
+
 def main(argv=None) -> int:
     args = cli.parse(argv, prog="python -m modgpt_jax.sample", extra_flags=FLAGS)
     f = args.flags

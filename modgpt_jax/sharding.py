@@ -47,6 +47,15 @@ def make_mesh(s: SystemConfig, devices=None) -> jax.sharding.Mesh:
     return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
 
 
+def check_batch(batch_size: int, mesh) -> None:
+    """The batch dim is split over every mesh device: it must divide evenly (raises ConfigError)."""
+    n = mesh.size
+    if batch_size % n:
+        raise ConfigError(f"batch_size={batch_size} cannot be split over the {n} devices of the mesh "
+                          f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); set --batch_size to a "
+                          f"multiple of {n} or use fewer devices (--mesh_data, --mesh_fsdp)")
+
+
 def spec_for(names, shape, mesh) -> P:
     """Logical names of one array -> PartitionSpec, replicating dims the mesh axis does not divide."""
     used, out = set(), []

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from modgpt import cli, loop
+from modgpt import cli, io, loop
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
@@ -36,6 +36,7 @@ class Trainer:
         from modgpt_jax.weights import param_dict
         self.cfg = cfg
         self.mesh = S.make_mesh(cfg.system, devices)
+        S.check_batch(cfg.train.batch_size, self.mesh)
         self.model = build(cfg, cfg.train.seed if seed is None else seed)
         self.graphdef, _ = nnx.split(self.model)
         self.param_sh = S.param_shardings(self.model, self.mesh)
@@ -80,6 +81,7 @@ class Trainer:
         lr = loop.lr_at(it, self.cfg.train)
         key = jax.random.fold_in(self.base_key, it)
         self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, x, y, np.float32(lr), key)
+        io.fault("step", it)  # test-only hook (a kill while the step runs); no-op otherwise
         m = jax.device_get(m)
         return dict(loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), ok=bool(m["ok"]), lr=lr)
 
@@ -123,6 +125,23 @@ def fail(msg: str) -> int:
     return 2
 
 
+def discard_setup(run, is_main: bool) -> None:
+    """A fresh run refused after setup (e.g. a batch the mesh cannot split): leave nothing behind."""
+    if run.lock is not None:
+        run.lock.release()
+    if run.resume or not is_main or not run.committed:  # uncommitted: nothing was written
+        return
+    for name in (loop.CONFIG_NAME, ".lock"):
+        try:
+            os.unlink(os.path.join(run.out_dir, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(run.out_dir)  # only if now empty
+    except OSError:
+        pass
+
+
 def main(argv=None) -> int:
     args = cli.parse(argv, prog="python -m modgpt_jax.train")
     from modgpt_jax.distributed import maybe_initialize
@@ -130,6 +149,7 @@ def main(argv=None) -> int:
     import jax
     is_main = jax.process_index() == 0
     cfg0 = args.config
+    run = None
     try:
         if multi and not cfg0.train.out_dir:
             raise loop.SetupError("multi-process training needs an explicit --out_dir (the same on every process)")
@@ -143,7 +163,9 @@ def main(argv=None) -> int:
             if not (set(args.explicit) & set(keep)):  # no size/arch keys given: the file's config
                 args.config = args.config.replace(**keep, size="none")
                 args.explicit = set(args.explicit) | set(keep)
-        run = loop.setup(args, BACKEND, has_accelerator=jax.default_backend() != "cpu", is_main=is_main)
+        # write=False: nothing lands in out_dir until the checkpoint / init weights have loaded
+        run = loop.setup(args, BACKEND, has_accelerator=jax.default_backend() != "cpu", is_main=is_main,
+                         write=False)
         if init_tensors is not None and file_cfg.model != run.cfg.model:
             raise loop.SetupError(f"{cfg0.train.init_from} holds {C.arch_name(file_cfg.model)} but the run "
                                   f"asks for {C.arch_name(run.cfg.model)}")
@@ -153,6 +175,8 @@ def main(argv=None) -> int:
                                  world=jax.process_count())
         trainer = Trainer(cfg)
     except (C.ConfigError, D.DataError, loop.SetupError, ValueError, FileNotFoundError) as e:
+        if run is not None:
+            discard_setup(run, is_main)
         return fail(str(e).splitlines()[0])
     try:
         return train_loop(run, trainer, sampler, init_tensors, is_main)
@@ -174,10 +198,12 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
     n_dev = jax.device_count()
     peak = HW.peak_tflops(dev.device_kind, t.dtype, cfg.system.peak_tflops)
     par = S.describe(trainer.mesh)
-    log = loop.open_log(run, is_main)
-    mgr = CK.manager(run.out_dir, keep=t.keep_checkpoints)
     start, best, skipped = 0, math.inf, 0
-    if run.resume:
+    restored = run.resume and CK.latest_step(run.out_dir) is not None
+    if run.resume and not restored:
+        if is_main:  # killed before its first checkpoint: nothing to restore, nothing lost
+            print(loop.no_checkpoint_note(run.out_dir), flush=True)
+    elif run.resume:
         try:
             trainer.params, trainer.opt_state, meta = CK.restore(run.out_dir, trainer.params, trainer.opt_state)
         except CK.CheckpointError as e:
@@ -185,6 +211,12 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
         start, best, skipped = meta["iter"], meta.get("best_val_loss") or math.inf, meta.get("skipped_steps", 0)
     elif init_tensors is not None:
         trainer.load_canonical(init_tensors)
+    try:
+        loop.commit(run)  # the run's first write: out_dir, lock, config.json
+    except loop.SetupError as e:
+        return fail(str(e))
+    log = loop.open_log(run, is_main)
+    mgr = CK.manager(run.out_dir, keep=t.keep_checkpoints)
     prog = loop.Progress(cfg, start, enabled=is_main)
     if is_main:
         print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, t.dtype, peak, par,
@@ -192,20 +224,32 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
                     orbax=orbax.checkpoint.__version__)
     log.header(**loop.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),
-               resumed_from=start if run.resume else None)
-    if run.resume:
+               resumed_from=start if restored else None)
+    if restored:
         log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
     stop = StopFlag()
-    last_saved = start if run.resume else None
+    last_saved = start if restored else None
+
+    def ckpt_path(step):
+        return None if step is None else os.path.join(run.out_dir, CK.CKPT_DIR, str(step))
 
     def save(it):
         nonlocal last_saved
         meta = dict(iter=it, best_val_loss=None if math.isinf(best) else best, skipped_steps=skipped,
                     backend=BACKEND, sampler=sampler.state(), mesh=dict(trainer.mesh.shape),
                     config=cfg.to_dict())
-        CK.save(mgr, it, trainer.params, trainer.opt_state, meta)
+        try:
+            CK.save(mgr, it, trainer.params, trainer.opt_state, meta)
+        except Exception as e:  # noqa: BLE001 - disk full / I/O error (OSError, or tensorstore's own
+            # errors through orbax): orbax leaves only its temp dir; the last complete step stays
+            msg = loop.save_failed_message(it, e, ckpt_path(last_saved), BACKEND, run.out_dir)
+            log.end("failed", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
+            prog.close()
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+            return False
         last_saved = it
         log.event("checkpoint", iter=it, message=f"saved checkpoint {it}")
+        return True
 
     it = start
     while True:
@@ -214,19 +258,18 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
             best = min(best, ev["val"])
             log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], tokens_seen=it * loop.tokens_per_iter(cfg))
             prog.message(f"step {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
-            if not (run.resume and it == start):
-                save(it)
+            if not (restored and it == start) and not save(it):
+                return 1
         if it >= t.max_iters:
             break
         if stop.signal is not None:
-            if last_saved != it:
-                save(it)
-            hint = loop.resume_hint(BACKEND, run.out_dir)
-            log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best,
-                    message=f"{stop.signal} at iteration {it}; {hint}")
+            if last_saved != it and not save(it):
+                return 1
+            msg = loop.interrupted_message(stop.signal, it, ckpt_path(it), BACKEND, run.out_dir)
+            log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
             prog.close()
             if is_main:
-                print(f"stopped by {stop.signal} at iteration {it}, checkpoint saved; {hint}", flush=True)
+                print(msg, flush=True)
             return 0
         t0 = time.time()
         x, y = trainer.batch(sampler, it)
@@ -237,9 +280,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
                 skipped += 1
                 log.event("skipped_step", iter=it, message=f"non-finite loss/grads at iteration {it}; update skipped")
             else:
-                good = f"checkpoint {last_saved} in {run.out_dir}/checkpoints" if last_saved is not None else "none"
-                msg = (f"non-finite loss ({m['loss']}) or grad norm ({m['grad_norm']}) at iteration {it}; "
-                       f"last good checkpoint: {good}; pass --skip_nonfinite=True to skip such steps")
+                msg = loop.nonfinite_message(it, m["loss"], m["grad_norm"], ckpt_path(last_saved))
                 log.end("failed", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
                 prog.close()
                 print(f"error: {msg}", file=sys.stderr)
@@ -259,6 +300,12 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
     if is_main:
         print(f"done: {t.max_iters} iterations, best val loss {best:.4f}; checkpoints in "
               f"{os.path.join(run.out_dir, CK.CKPT_DIR)}", flush=True)
+    if t.max_iters > 0:
+        from modgpt_jax.sample import end_of_run_sample, host_model
+        model = host_model(trainer.graphdef, trainer.params)  # collective: every process gathers
+        text = end_of_run_sample(model, cfg) if is_main else None
+        if text is not None:
+            print(f"sample (seed {t.seed}, temperature 0.8):\n{text}", flush=True)
     return 0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from modgpt import config as C
+from modgpt import io
 from modgpt.io import atomic_path
 
 PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
@@ -55,11 +56,26 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def remove_stale_temps(out_dir: str) -> None:
+    """Drop temp files a killed save left behind (the caller holds the run lock, so none is live)."""
+    for p in glob.glob(os.path.join(out_dir, ".tmp-ckpt-*")):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
 def save(out_dir: str, state: dict, keep: int) -> str:
-    """Write state as ckpt-<state['iter']>.pt atomically, then drop all but the newest `keep`."""
+    """Write state as ckpt-<state['iter']>.pt atomically, then drop all but the newest `keep`.
+
+    A kill or a write error (disk full) mid-save leaves only a temp file that no reader looks
+    at; the previous checkpoints stay as they were (old ones are dropped only after the rename).
+    """
     path = path_for(out_dir, state["iter"])
+    remove_stale_temps(out_dir)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        io.fault("ckpt_write", state["iter"], partial=tmp)  # test-only hook; no-op in real runs
     for old in list_checkpoints(out_dir)[:-keep]:
         try:
             os.unlink(old)
@@ -72,10 +88,12 @@ def load(path: str, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated/corrupt file: name it and what to do
-        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}); delete it to "
-                              f"resume from the previous one") from None
-    if not isinstance(ck, dict) or "model" not in ck or "iter" not in ck:
-        raise CheckpointError(f"'{path}' is not a modgpt_torch checkpoint")
+        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: truncated or "
+                              f"corrupt); delete it to resume from the previous one") from None
+    keys = ("model", "optimizer", "iter", "rng")
+    if not isinstance(ck, dict) or any(k not in ck for k in keys):
+        raise CheckpointError(f"'{path}' is not a complete modgpt_torch checkpoint (needs {', '.join(keys)}); "
+                              f"delete it to resume from the previous one")
     return ck
 
 
@@ -89,9 +107,28 @@ def load_latest(out_dir: str, map_location="cpu") -> dict:
 
 def load_model(out_dir: str, device="cpu"):
     """(model in eval mode, Config, checkpoint dict) from a run directory's latest checkpoint."""
+    import json
+
     from modgpt_torch.model import ConfigurableGPT
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            backend = json.load(f).get("backend")
+    except (OSError, ValueError):
+        backend = None
+    if backend not in (None, "torch"):
+        raise CheckpointError(f"out_dir '{out_dir}' holds a {backend} run; use python -m modgpt_{backend}.sample "
+                              f"or .export with it")
     ck = load_latest(out_dir)
     cfg = C.from_dict(ck["config"])
     model = ConfigurableGPT(cfg.model)
-    model.load_state_dict(ck["model"])
+    load_model_state(model, ck["model"], latest(out_dir))
     return model.to(device).eval(), cfg, ck
+
+
+def load_model_state(model, state: dict, path: str) -> None:
+    """model.load_state_dict with a one-line CheckpointError when names or shapes disagree."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"checkpoint '{path}' does not fit the run's architecture ({first})") from None

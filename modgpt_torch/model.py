@@ -15,12 +15,17 @@ from modgpt_torch.components import ATTENTION, FFNS, NORMS, POSITIONS
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention; q/k rotation and attention bias come from the position hooks."""
+    """Causal self-attention (multi-head, grouped- or multi-query); q/k rotation and attention bias
+    come from the position hooks."""
 
     def __init__(self, cfg: ModelConfig, pos):
         super().__init__()
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # out = [q | k | v]
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, cfg.qkv_size, bias=cfg.bias)  # out = [q | k | v] (weights.py)
+        if cfg.qk_norm:  # per-head norms over head_dim, shared by all heads
+            self.q_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
+            self.k_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
+        self.qk_norm = cfg.qk_norm
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -30,9 +35,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):
         B, T, D = x.shape
-        nh = self.n_head
-        q, k, v = self.qkv(x).split(D, dim=2)  # each (B, T, D); head h = cols h*hs..(h+1)*hs
-        q, k, v = (t.view(B, T, nh, D // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        nh, nkv, hs = self.n_head, self.n_kv, self.hd
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)  # head h = cols h*hs..
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, nkv, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         pos = self._pos[0]
         q, k = pos.rotate(q, k)
         p = self.attn_drop.p if self.training else 0.0
@@ -86,7 +94,7 @@ class ConfigurableGPT(nn.Module):
             if p.ndim >= 2:
                 scaled = name.endswith(("attn.proj.weight", "ffn.proj.weight"))
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std)
-            elif ".norm" in f".{name}" and name.endswith("weight"):
+            elif name.endswith("weight") and "norm" in name.split(".")[-2]:  # norm1, norm_f, q_norm
                 nn.init.ones_(p)
             else:
                 nn.init.zeros_(p)  # biases (linear and norm)

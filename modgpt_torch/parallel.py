@@ -127,6 +127,20 @@ def full_state(model, opt, mode: str, d: Dist) -> tuple[dict | None, dict | None
     return model.state_dict(), opt.state_dict()
 
 
+def full_model(model, mode: str, d: Dist, device):
+    """An unsharded model with the current weights on rank 0 (None elsewhere); collective under FSDP."""
+    if mode != "fsdp":
+        return model if d.is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    msd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not d.is_main:
+        return None
+    from modgpt_torch.model import ConfigurableGPT
+    full = ConfigurableGPT(model.cfg).to(device)
+    full.load_state_dict(msd)
+    return full
+
+
 def load_optimizer(model, opt, osd: dict, mode: str) -> None:
     """Restore a full optimizer state dict (as written by full_state) on every rank."""
     if osd is None:  # saved before the first step: the fresh optimizer is already right

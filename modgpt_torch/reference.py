@@ -54,7 +54,13 @@ def train_step(model, opt, x, y, t: C.TrainConfig, lr: float) -> tuple[float, fl
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    _, loss = model(torch.as_tensor(np.asarray(x)).long(), torch.as_tensor(np.asarray(y)).long())
+    dev = next(model.parameters()).device
+    x, y = (torch.as_tensor(np.asarray(a)).long().to(dev) for a in (x, y))
+    if t.dtype == "float32":
+        _, loss = model(x, y)
+    else:  # mixed precision as modgpt_torch/train.py runs it (float16 would also need a GradScaler)
+        with torch.autocast(dev.type, dtype=getattr(torch, t.dtype)):
+            _, loss = model(x, y)
     loss.backward()
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
@@ -68,3 +74,61 @@ def adamw_step(m: C.ModelConfig, tensors: dict, x, y, t: C.TrainConfig, lr: floa
     opt = make_optimizer(model, t, lr)
     train_step(model, opt, x, y, t, lr)
     return to_canonical(model)
+
+
+def to_numpy_canonical(model, per_param: dict) -> dict[str, np.ndarray]:
+    """{parameter: tensor} (e.g. AdamW's exp_avg per parameter) -> canonical names/layout."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name in W.canonical_shapes(model.cfg):
+        t = per_param[params[name]].detach().to("cpu", torch.float32)
+        out[name] = np.ascontiguousarray((t.T if W.is_matrix(name) else t).numpy())
+    return out
+
+
+def moments(model, opt) -> tuple[dict, dict]:
+    """(exp_avg, exp_avg_sq) of a torch AdamW after at least one step, canonical."""
+    m = {p: s["exp_avg"] for p, s in opt.state.items()}
+    v = {p: s["exp_avg_sq"] for p, s in opt.state.items()}
+    return to_numpy_canonical(model, m), to_numpy_canonical(model, v)
+
+
+@torch.no_grad()
+def logits(model, x, dtype: str = "float32") -> np.ndarray:
+    """float32 numpy logits of (B, T) ids; bfloat16/float16 through autocast, as train.py runs it."""
+    dev = next(model.parameters()).device
+    idx = torch.as_tensor(np.asarray(x)).long().to(dev)
+    if dtype == "float32":
+        out, _ = model(idx)
+    else:
+        with torch.autocast(dev.type, dtype=getattr(torch, dtype)):
+            out, _ = model(idx)
+    return out.float().cpu().numpy()
+
+
+@torch.no_grad()
+def loss(model, x, y, dtype: str = "float32") -> float:
+    dev = next(model.parameters()).device
+    idx, tgt = (torch.as_tensor(np.asarray(a)).long().to(dev) for a in (x, y))
+    if dtype == "float32":
+        return float(model(idx, tgt)[1].item())
+    with torch.autocast(dev.type, dtype=getattr(torch, dtype)):
+        return float(model(idx, tgt)[1].item())
+
+
+@torch.no_grad()
+def greedy(model, prompt, n_new: int) -> np.ndarray:
+    """n_new greedy tokens after prompt (1-D ids) with ConfigurableGPT.generate (temperature 0)."""
+    dev = next(model.parameters()).device
+    idx = torch.as_tensor(np.asarray(prompt)[None]).long().to(dev)
+    return model.generate(idx, n_new, temperature=0.0)[0, len(prompt):].cpu().numpy()
+
+
+def dropout_ones(module, n: int, seed: int = 0) -> np.ndarray:
+    """A model's nn.Dropout applied in train mode to ones(n): inverted dropout gives 0 or 1/(1-p)."""
+    torch.manual_seed(seed)
+    was = module.training
+    module.train()
+    out = module(torch.ones(n)).numpy()
+    module.train(was)
+    return out

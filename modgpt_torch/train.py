@@ -13,20 +13,26 @@ import signal
 import sys
 import time
 
-import numpy as np
-import torch
+from modgpt import cli
 
-from modgpt import cli, loop
-from modgpt import config as C
-from modgpt import data as D
-from modgpt import hardware as HW
-from modgpt import weights as W
-from modgpt.presets import SIZE_KEYS
-from modgpt_torch import checkpoint as CK
-from modgpt_torch import parallel as P
-from modgpt_torch.model import ConfigurableGPT
-from modgpt_torch.weights import (load_canonical, nanogpt_model_config, nanogpt_to_canonical,
-                                  read_nanogpt)
+PROG = "python -m modgpt_torch.train"
+# Run as a script: parse the command line before importing torch (~3 s), so a typo fails at once.
+PREPARSED = cli.parse(None, prog=PROG) if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from modgpt import io, loop  # noqa: E402
+from modgpt import config as C  # noqa: E402
+from modgpt import data as D  # noqa: E402
+from modgpt import hardware as HW  # noqa: E402
+from modgpt import weights as W  # noqa: E402
+from modgpt.presets import SIZE_KEYS  # noqa: E402
+from modgpt_torch import checkpoint as CK  # noqa: E402
+from modgpt_torch import parallel as P  # noqa: E402
+from modgpt_torch.model import ConfigurableGPT  # noqa: E402
+from modgpt_torch.weights import (load_canonical, nanogpt_model_config,  # noqa: E402
+                                  nanogpt_to_canonical, read_nanogpt)
 
 BACKEND = "torch"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,46 +81,104 @@ def check_same_arch(want: C.ModelConfig, got: C.ModelConfig, source: str) -> Non
                               f"{getattr(want, diff[0])!r}; drop the conflicting option")
 
 
+class OtherRankFailed(loop.SetupError):
+    """Another rank hit a setup error and reports it; this rank exits 2 quietly."""
+
+
+def agree(d: P.Dist, err: Exception | None, device) -> None:
+    """Collective: every rank raises if any rank failed, so no rank waits forever for the others.
+
+    Rank 0 prints its own error; another rank prints its error only when rank 0 had none.
+    """
+    if not P.any_flag(d, err is not None, device):
+        return
+    rank0_failed = P.any_flag(d, d.is_main and err is not None, device)
+    if err is not None and (d.is_main or not rank0_failed):
+        raise err
+    raise OtherRankFailed("")
+
+
+def setup_device(d: P.Dist):
+    return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def guarded(d: P.Dist, fn):
+    """Run fn() on every rank; setup errors anywhere make every rank raise (see agree)."""
+    out, err = None, None
+    try:
+        out = fn()
+    except SETUP_ERRORS as e:
+        err = e
+    agree(d, err, setup_device(d))
+    return out
+
+
 def do_setup(args, d: P.Dist):
-    """Resolve the run on rank 0 first (it writes config.json and takes the lock), then the others."""
+    """Resolve and check the run on every rank; nothing is written yet (commit() does that)."""
     init = args.config.train.init_from
     out_dir = args.config.train.out_dir
-    if init == "resume" and out_dir and os.path.isfile(os.path.join(out_dir, loop.CONFIG_NAME)):
-        loop.check_backend(out_dir, BACKEND)
-    source = preload_init_source(args)
-    has_acc = torch.cuda.is_available()
-    err = None
-    run = None
-    if d.is_main:
-        try:
-            run = loop.setup(args, BACKEND, has_accelerator=has_acc, is_main=True)
-        except SETUP_ERRORS as e:
-            err = e
-    if P.any_flag(d, err is not None, torch.device("cpu") if not has_acc else torch.device("cuda", d.local_rank)):
-        if err is None:
-            raise SystemExit(2)  # rank 0 reports
-        raise err
-    if not d.is_main:
-        if args.config.train.out_dir == "":  # follow rank 0's generated out_dir
-            raise loop.SetupError("set --out_dir under torchrun so every rank writes the same run")
-        run = loop.setup(args, BACKEND, has_accelerator=has_acc, is_main=False)
-    if source is not None and source["kind"] == "safetensors":
-        check_same_arch(run.cfg.model, source["model"], init)
+
+    def resolve():
+        if init == "resume" and out_dir and os.path.isfile(os.path.join(out_dir, loop.CONFIG_NAME)):
+            loop.check_backend(out_dir, BACKEND)
+        src = preload_init_source(args)
+        r = loop.setup(args, BACKEND, has_accelerator=torch.cuda.is_available(), is_main=d.is_main,
+                       write=False)
+        if src is not None and src["kind"] == "safetensors":
+            check_same_arch(r.cfg.model, src["model"], init)
+        return r, src
+    run, source = guarded(d, resolve)
+    if d.enabled and out_dir == "":  # a generated name (it holds the time): take rank 0's everywhere
+        import torch.distributed as dist
+        name = [run.out_dir]
+        dist.broadcast_object_list(name, src=0)
+        run.out_dir, run.cfg = name[0], run.cfg.replace(out_dir=name[0])
     return run, source
+
+
+def build(run, source, d: P.Dist):
+    """The model with its starting weights and, when resuming, the checkpoint (read-only)."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.train.seed)
+    model = ConfigurableGPT(cfg.model)  # same init on every rank (same seed, built on CPU)
+    ck = None
+    if run.resume and CK.latest(run.out_dir) is None:
+        if d.is_main:  # killed before its first checkpoint: nothing to restore, nothing lost
+            print(loop.no_checkpoint_note(run.out_dir), flush=True)
+    elif run.resume:
+        ck = CK.load_latest(run.out_dir)
+        CK.load_model_state(model, ck["model"], CK.latest(run.out_dir))
+        saved = ck.get("config")
+        if saved is not None and C.from_dict(saved).model != cfg.model:
+            raise CK.CheckpointError(f"checkpoint '{CK.latest(run.out_dir)}' holds another architecture "
+                                     f"than {run.out_dir}/{loop.CONFIG_NAME}")
+    elif source is not None and source["kind"] == "nanogpt":
+        load_canonical(model, nanogpt_to_canonical(source["state"], cfg.model))
+    elif source is not None:
+        load_canonical(model, source["tensors"])
+    return model, ck
 
 
 class StopFlag:
     """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
 
     def __init__(self):
-        self.set = False
+        self.signal: str | None = None
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, self._handle)
+
+    @property
+    def set(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum, frame):
         if self.set and signum == signal.SIGINT:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.set = True
+        self.signal = signal.Signals(signum).name
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def peak_memory(device) -> int | None:
@@ -135,44 +199,41 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = cli.parse(argv, prog="python -m modgpt_torch.train")
+    args = PREPARSED if argv is None and PREPARSED is not None else cli.parse(argv, prog=PROG)
     mode = args.config.system.parallel
     d = P.Dist()
+    run = None
     try:
         dev_type = "cuda" if (args.config.system.device in ("cuda", "gpu") or
                               (args.config.system.device == "auto" and torch.cuda.is_available())) else "cpu"
         d = P.init(dev_type)
         device = pick_device(args.config, d)
         run, source = do_setup(args, d)
+        stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
+        model, ck = guarded(d, lambda: build(run, source, d))
+        guarded(d, lambda: loop.commit(run))  # the run's first write: out_dir, lock, config.json
     except SETUP_ERRORS as e:
-        if d.is_main:
-            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        if not isinstance(e, OtherRankFailed):
+            prefix = "" if d.is_main else f"rank {d.rank}: "
+            print(f"error: {prefix}{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        if run is not None and run.lock is not None:
+            run.lock.release()
         P.shutdown(d)
         return 2
     try:
-        return train(run, source, d, device, mode)
+        return train(run, model, ck, stop, d, device, mode)
     finally:
         if run.lock is not None:
             run.lock.release()
         P.shutdown(d)
 
 
-def train(run, source, d: P.Dist, device, mode: str) -> int:
+def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     cfg = run.cfg
     t = cfg.train
-    torch.manual_seed(t.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = ConfigurableGPT(cfg.model)  # same init on every rank (same seed, built on CPU)
-    ck = None
-    if run.resume:
-        ck = CK.load_latest(run.out_dir)
-        model.load_state_dict(ck["model"])
-    elif source is not None and source["kind"] == "nanogpt":
-        load_canonical(model, nanogpt_to_canonical(source["state"], cfg.model))
-    elif source is not None:
-        load_canonical(model, source["tensors"])
     model.to(device)
     raw = model
     wrapped = P.wrap(model, mode, d, device)
@@ -233,23 +294,31 @@ def train(run, source, d: P.Dist, device, mode: str) -> int:
         step_model.train()
         return out
 
-    def save(it: int) -> str | None:
+    class SaveFailed(Exception):
+        """A checkpoint write failed (disk full, I/O error); every rank stops."""
+
+    def save(it: int) -> None:
+        nonlocal last_ckpt
         msd, osd = P.full_state(raw, opt, mode, d)
-        path = None
+        err = None
         if d.is_main:
             state = dict(model=msd, optimizer=osd, iter=it, config=cfg.to_dict(), backend=BACKEND,
                          parallel=mode, sampler=sampler.state(), rng=CK.rng_state(), best_val_loss=best_val,
                          scaler=scaler.state_dict(), tokens_seen=tokens_seen, skipped_steps=skipped)
-            path = CK.save(run.out_dir, state, t.keep_checkpoints)
-            log.event("checkpoint", iter=it, message=path)
-        P.barrier(d)
-        return path
+            try:
+                last_ckpt = CK.save(run.out_dir, state, t.keep_checkpoints)
+                log.event("checkpoint", iter=it, message=last_ckpt)
+            except Exception as e:  # noqa: BLE001 - ENOSPC arrives as OSError or torch's RuntimeError
+                err = e
+        if P.any_flag(d, err is not None, device):  # also the barrier after the save
+            msg = loop.save_failed_message(it, err, last_ckpt, BACKEND, run.out_dir) if err else ""
+            raise SaveFailed(msg)
 
-    stop = StopFlag()
     params = [p for p in raw.parameters()]
     accum = t.gradient_accumulation_steps
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")  # inf: scale clamps to exactly 1
     it = start
+    saved_at = start if ck is not None else None  # the iteration of the newest checkpoint on disk
     try:
         while True:
             if loop.eval_due(it, cfg):
@@ -258,18 +327,21 @@ def train(run, source, d: P.Dist, device, mode: str) -> int:
                 if d.is_main:
                     log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], tokens_seen=tokens_seen)
                     progress.message(f"eval {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
-                if not (run.resume and it == start):
-                    last_ckpt = save(it) or last_ckpt
+                if saved_at != it:
+                    save(it)
+                    saved_at = it
             if it == t.max_iters:
                 break
-            if P.any_flag(d, stop.set, device):
-                if not (loop.eval_due(it, cfg) and not (run.resume and it == start)):
-                    last_ckpt = save(it) or last_ckpt
+            if P.any_flag(d, stop.set, device):  # under torchrun every rank stops at the same step
+                if saved_at != it:
+                    save(it)
+                    saved_at = it
                 if d.is_main:
-                    log.end("interrupted", iter=it, best_val_loss=best_val, message="stopped by signal")
+                    msg = loop.interrupted_message(stop.signal or "a signal on another rank", it, last_ckpt,
+                                                   BACKEND, run.out_dir)
+                    log.end("interrupted", iter=it, best_val_loss=finite_or_none(best_val), message=msg)
                     progress.close()
-                    print(f"interrupted at iteration {it}; checkpoint {last_ckpt}; "
-                          f"{loop.resume_hint(BACKEND, run.out_dir)}", flush=True)
+                    print(msg, flush=True)
                 return 0
             t0 = time.time()
             lr = loop.lr_at(it, t)
@@ -287,15 +359,16 @@ def train(run, source, d: P.Dist, device, mode: str) -> int:
             scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-            # fp16: inf grads are the scaler's business (it skips the step and lowers the scale)
+            io.fault("step", it)  # test-only hook (a kill between backward and update); no-op otherwise
+            # fp16: inf grads are the scaler's business (it skips the step and lowers the scale).
+            # Ranks agree without a collective: the norm is of the all-reduced gradients, and a
+            # non-finite loss on any rank makes its gradients, hence every rank's norm, non-finite.
             finite = torch.isfinite(loss_sum) & (torch.isfinite(norm) | torch.tensor(scaler.is_enabled()))
             if not bool(finite.item()):
                 if not t.skip_nonfinite:
-                    msg = (f"non-finite loss or gradient norm at iteration {it} (loss {loss_sum.item()}, "
-                           f"grad norm {norm.item()}); last good checkpoint: {last_ckpt or 'none'}; "
-                           f"lower learning_rate or set --skip_nonfinite=True")
+                    msg = loop.nonfinite_message(it, loss_sum.item(), norm.item(), last_ckpt)
                     if d.is_main:
-                        log.end("failed", iter=it, best_val_loss=best_val, message=msg)
+                        log.end("failed", iter=it, best_val_loss=finite_or_none(best_val), message=msg)
                         progress.close()
                         print(f"error: {msg}", file=sys.stderr, flush=True)
                     return 1
@@ -318,15 +391,27 @@ def train(run, source, d: P.Dist, device, mode: str) -> int:
                     log.iter(iter=it, **stats)
             progress.step(it, stats)
             it += 1
+    except SaveFailed as e:
+        if d.is_main:
+            log.end("failed", iter=it, best_val_loss=finite_or_none(best_val), message=str(e))
+            progress.close()
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except Exception as e:
         if d.is_main:
-            log.end("failed", iter=it, best_val_loss=best_val, message=f"{type(e).__name__}: {e}")
+            log.end("failed", iter=it, best_val_loss=finite_or_none(best_val), message=f"{type(e).__name__}: {e}")
         raise
     progress.close()
     if d.is_main:
-        log.end("completed", iter=it, best_val_loss=best_val if math.isfinite(best_val) else None,
-                message=f"checkpoint {last_ckpt}")
+        log.end("completed", iter=it, best_val_loss=finite_or_none(best_val), message=f"checkpoint {last_ckpt}")
         print(f"done: {it} iterations, best val loss {best_val:.4f}, checkpoint {last_ckpt}", flush=True)
+    if t.max_iters > 0:
+        from modgpt_torch.sample import end_of_run_sample
+        sample_model = P.full_model(raw, mode, d, device)
+        if d.is_main:
+            text = end_of_run_sample(sample_model, cfg, device)
+            if text is not None:
+                print(f"sample (seed {t.seed}, temperature 0.8):\n{text}", flush=True)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The configurations the parity suite covers, enumerated from the schema (no hand-written list).
 
 Every preset, plus every value of every component option taken one at a time from a gpt2 base and
-from a llama base. A new name in modgpt.config.CHOICES (or a new bool model option) is covered
-with no edit here.
+from a llama base. A new name in modgpt.config.CHOICES, a new bool model option or a new value in
+modgpt.config.OPTION_VALUES (e.g. n_kv_head) is covered with no edit here.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ BASES = ("gpt2", "llama")
 # its own checks (it cannot match draw for draw).
 CHOICE_OPTIONS = [k for k in C.CHOICES if C.KEY_SECTION.get(k) == "model"]
 BOOL_OPTIONS = [f.name for f in fields(C.ModelConfig) if f.type in ("bool", bool)]
+# Numeric model options with listed interesting values (n_kv_head: multi-query, grouped-query).
+VALUE_OPTIONS: dict[str, tuple] = dict(getattr(C, "OPTION_VALUES", {}))
 
 
 def make(preset: str, size: dict | None = None, **changes) -> C.Config:
@@ -42,6 +44,10 @@ def cases(size: dict | None = None) -> dict[str, C.Config]:
             for val in C.CHOICES[opt]:
                 if getattr(ref.model, opt) != val:
                     add(f"{base}+{opt}={val}", make(base, size, **{opt: val}))
+        for opt, vals in VALUE_OPTIONS.items():
+            for val in vals:
+                if getattr(ref.model, opt) != val:
+                    add(f"{base}+{opt}={val}", make(base, size, **{opt: val}))
         for opt in BOOL_OPTIONS:
             add(f"{base}+{opt}={not getattr(ref.model, opt)}", make(base, size, **{opt: not getattr(ref.model, opt)}))
     return out
@@ -49,7 +55,7 @@ def cases(size: dict | None = None) -> dict[str, C.Config]:
 
 def covered_values(all_cases: dict[str, C.Config]) -> dict[str, set]:
     """option -> the values that appear in some case (a test asserts this is every value)."""
-    cov: dict[str, set] = {k: set() for k in CHOICE_OPTIONS + BOOL_OPTIONS}
+    cov: dict[str, set] = {k: set() for k in CHOICE_OPTIONS + BOOL_OPTIONS + list(VALUE_OPTIONS)}
     for cfg in all_cases.values():
         for k in cov:
             cov[k].add(getattr(cfg.model, k))

@@ -2,9 +2,13 @@
 
 `mask` is an optional boolean (T, S) "may attend" matrix; None means plain causal over T == S.
 The sampler passes one for its fixed-size buffer. Softmax runs in float32.
+k and v may have fewer heads than q (grouped-query attention, n_kv_head dividing nh): query head h
+reads kv head h // (nh / n_kv_head), i.e. consecutive query heads share one kv head (the grouping
+jax.nn.dot_product_attention uses natively).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -20,11 +24,88 @@ def causal_mask(T: int, S: int | None = None):
     return jnp.tril(jnp.ones((T, S or T), dtype=bool))
 
 
+def _query_blocks(T: int) -> int:
+    """Query blocks for the causal kernel: 4, 2 or 1, each of at least 32 rows."""
+    return next(c for c in (4, 2, 1) if c == 1 or (T % c == 0 and T // c >= 32))
+
+
+def _tn(a, b):
+    """a^T @ b over the leading dims: a (..., t, S), b (..., t, H) -> (..., S, H).
+
+    Computed as (b^T @ a)^T with the narrow b^T materialized: XLA:CPU's library matmul takes a
+    row-major left operand only; the transposed-left form falls back to a slower generic matmul.
+    The barriers keep XLA from folding the transposes back into the dot."""
+    bt = jax.lax.optimization_barrier(jnp.swapaxes(b, -1, -2))
+    return jnp.swapaxes(jax.lax.optimization_barrier(bt @ a), -1, -2)
+
+
+def _causal_fwd(q, k, v, n_blocks):
+    """q, k, v (B, nh, T, hd). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
+    fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work)."""
+    T = q.shape[-2]
+    c = T // n_blocks
+    qs = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    ys, ps = [], []
+    for i in range(n_blocks):
+        S = (i + 1) * c
+        s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2),
+                       preferred_element_type=jnp.float32)  # (B, nh, c, S) float32
+        s = jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
+        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        ps.append(p)
+        ys.append(p @ v[..., :S, :])
+    y = jnp.concatenate(ys, axis=-2)
+    return y, (qs, k, v, ps, y)
+
+
+def _causal_bwd(n_blocks, res, dy):
+    """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(dY * Y)),
+    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY (rowsum(dY * Y) = rowsum(P * dP))."""
+    qs, k, v, ps, y = res
+    T = qs.shape[-2]
+    c = T // n_blocks
+    scale = jnp.asarray(1.0 / math.sqrt(qs.shape[-1]), qs.dtype)
+    delta = jnp.sum(dy.astype(jnp.float32) * y.astype(jnp.float32), axis=-1, keepdims=True)
+    dq, dk, dv = [], 0, 0
+    for i in range(n_blocks):
+        S = (i + 1) * c
+        p, dyi = ps[i], dy[..., i * c:S, :]
+        dp = jnp.matmul(dyi, jnp.swapaxes(v[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
+        ds = (p.astype(jnp.float32) * (dp - delta[..., i * c:S, :])).astype(qs.dtype)  # (B, nh, c, S)
+        dq.append((ds @ k[..., :S, :]) * scale)
+        pad = [(0, 0)] * (qs.ndim - 2) + [(0, T - S), (0, 0)]  # keys past S got nothing from block i
+        dk = dk + jnp.pad(_tn(ds, qs[..., i * c:S, :]), pad)
+        dv = dv + jnp.pad(_tn(p, dyi), pad)
+    return jnp.concatenate(dq, axis=-2), dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def causal_attention(q, k, v, n_blocks: int = 1):
+    """Causal softmax attention on (B, nh, T, hd), T == S, scale 1/sqrt(hd), float32 softmax, with a
+    hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks."""
+    return _causal_fwd(q, k, v, n_blocks)[0]
+
+
+causal_attention.defvjp(_causal_fwd, _causal_bwd)
+
+
+def cpu_causal(q, k, v):
+    """(B, T, nh, hd) wrapper of causal_attention (kv heads repeated for grouped-query)."""
+    if k.shape[2] != q.shape[2]:
+        k, v = (jnp.repeat(t, q.shape[2] // k.shape[2], axis=2) for t in (k, v))
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+    return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2])), 1, 2)
+
+
 @ATTENTION.register("sdpa")
 def sdpa(q, k, v, bias=None, mask=None, dropout=None):
-    """jax.nn.dot_product_attention: cuDNN flash on GPU when it applies, XLA otherwise."""
+    """jax.nn.dot_product_attention: cuDNN flash on GPU when it applies. On CPU, plain causal
+    training attention runs causal_attention instead (XLA's composite was about 2x slower here,
+    docs/performance.md); same function, float32 softmax."""
     if dropout is not None:  # the fused kernel has no attention dropout: use the explicit path
         return manual(q, k, v, bias, mask, dropout)
+    if bias is None and mask is None and jax.default_backend() == "cpu":
+        return cpu_causal(q, k, v)
     if bias is not None:
         bias = jnp.broadcast_to(bias, (q.shape[2],) + bias.shape[-2:])[None].astype(q.dtype)
     if mask is None:
@@ -36,6 +117,8 @@ def sdpa(q, k, v, bias=None, mask=None, dropout=None):
 def manual(q, k, v, bias=None, mask=None, dropout=None):
     """Explicit q @ k^T, -inf above the diagonal, float32 softmax, dropout, @ v."""
     T, S, hd = q.shape[1], k.shape[1], q.shape[-1]
+    if k.shape[2] != q.shape[2]:  # grouped-query: repeat each kv head for its group of query heads
+        k, v = (jnp.repeat(t, q.shape[2] // k.shape[2], axis=2) for t in (k, v))
     att = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * (1.0 / math.sqrt(hd))  # (B, nh, T, S)
     if bias is not None:
         att = att + bias.astype(jnp.float32)

@@ -1,12 +1,52 @@
 """Linear and embedding layers with the contract's init and logical axis names."""
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 
+@jax.custom_vjp
+def matmul(x, w):
+    """x (..., in) @ w (in, out). The backward is autodiff's, with the weight gradient laid out for
+    XLA:CPU (docs/performance.md): its library matmul takes a row-major left operand only, and the
+    autodiff form (contracting over the leading token dims of both operands) fell back to a matmul
+    about twice as slow. Materializing the narrower operand's transpose first costs one small copy."""
+    return x @ w
+
+
+def _matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(res, dy):
+    x, w = res
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (N, in), (N, out)
+    barrier = jax.lax.optimization_barrier  # keeps XLA from folding the transposes back into the dot
+    if x2.shape[1] <= dy2.shape[1]:
+        dw = barrier(x2.T) @ dy2  # (in, N) @ (N, out)
+    else:
+        dw = barrier(barrier(dy2.T) @ x2).T  # ((out, N) @ (N, in)).T
+    return dy @ w.T, dw.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Linear(nnx.Linear):
+    """nnx.Linear (same parameters) whose matmul has the CPU-friendly backward above on CPU."""
+
+    def __call__(self, inputs, out_sharding=None):
+        if jax.default_backend() != "cpu" or out_sharding is not None:  # GPU/TPU: transposes are free
+            return super().__call__(inputs, out_sharding)
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
+        y = matmul(x, kernel)
+        return y if bias is None else y + bias
+
+
 def dense(n_in: int, n_out: int, bias: bool, std: float, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
-    """nnx.Linear with kernel (in, out) ~ N(0, std), bias 0; kernel axes are logical names."""
-    return nnx.Linear(n_in, n_out, use_bias=bias,
+    """Linear (an nnx.Linear) with kernel (in, out) ~ N(0, std), bias 0; kernel axes are logical names."""
+    return Linear(n_in, n_out, use_bias=bias,
                       kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
                       bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
                       param_dtype="float32", rngs=rngs)

@@ -2,8 +2,11 @@
 
 Parameters are named `weight` (and `bias`) like the canonical format; eps is config.norm_eps for
 every kind (nnx.LayerNorm's default 1e-6 differs from torch's 1e-5, so these are written out).
+Built as Norm(cfg) over n_embd, or Norm(cfg, dim=head_dim) for qk_norm (normalizes the last dim).
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,62 @@ from modgpt.registry import Registry
 NORMS = Registry("normalization")
 
 
+# Norms with a hand-written backward (performance, docs/performance.md). Autodiff of the plain
+# formula gave XLA a long elementwise chain (the residual-stream gradient through every norm) that
+# it fused, and so recomputed, into many consumers: about a fifth of a CPU training step. The
+# backward below is the textbook one: the same math, evaluated once. Math in float32.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, weight, bias, eps: float):
+    """(x - mean) / sqrt(var + eps) * weight (+ bias) over the last dim; var biased, like torch."""
+    return _ln_fwd(x, weight, bias, eps)[0]
+
+
+def _ln_fwd(x, weight, bias, eps):
+    x32 = x.astype(jnp.float32)
+    xc = x32 - x32.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = xhat * weight if bias is None else xhat * weight + bias
+    return y.astype(x.dtype), (xhat, rstd, weight, bias)
+
+
+def _ln_bwd(eps, res, dy):
+    xhat, rstd, weight, bias = res
+    dtype, dy = dy.dtype, dy.astype(jnp.float32)  # dy has y's dtype, which is x's
+    lead = tuple(range(dy.ndim - 1))
+    g = dy * weight
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    return (dx.astype(dtype), jnp.sum(dy * xhat, axis=lead).astype(weight.dtype),
+            None if bias is None else jnp.sum(dy, axis=lead).astype(bias.dtype))
+
+
+layer_norm.defvjp(_ln_fwd, _ln_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, weight, eps: float):
+    """x * rsqrt(mean(x^2) + eps) * weight over the last dim."""
+    return _rms_fwd(x, weight, eps)[0]
+
+
+def _rms_fwd(x, weight, eps):
+    x32 = x.astype(jnp.float32)
+    rstd = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)
+    xhat = x32 * rstd
+    return (xhat * weight).astype(x.dtype), (xhat, rstd, weight)
+
+
+def _rms_bwd(eps, res, dy):
+    xhat, rstd, weight = res
+    dtype, dy = dy.dtype, dy.astype(jnp.float32)
+    g = dy * weight
+    dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx.astype(dtype), jnp.sum(dy * xhat, axis=tuple(range(dy.ndim - 1))).astype(weight.dtype)
+
+
+rms_norm.defvjp(_rms_fwd, _rms_bwd)
+
+
 def _param(init, shape):
     return nnx.Param(nnx.with_partitioning(init, ("norm",))(jax.random.key(0), shape, jnp.float32))
 
@@ -23,19 +82,14 @@ class _LayerNorm(nnx.Module):
     """(x - mean) / sqrt(var + eps) * weight (+ bias)."""
     has_bias = True
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    def __init__(self, cfg: ModelConfig, dim: int | None = None, *, rngs: nnx.Rngs | None = None):
+        dim = dim or cfg.n_embd
         self.eps = cfg.norm_eps
-        self.weight = _param(nnx.initializers.ones, (cfg.n_embd,))
-        self.bias = _param(nnx.initializers.zeros, (cfg.n_embd,)) if self.has_bias else None
+        self.weight = _param(nnx.initializers.ones, (dim,))
+        self.bias = _param(nnx.initializers.zeros, (dim,)) if self.has_bias else None
 
     def __call__(self, x_BxTxD):
-        x = x_BxTxD.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)  # biased, like torch
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight[...]
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y.astype(x_BxTxD.dtype)
+        return layer_norm(x_BxTxD, self.weight[...], None if self.bias is None else self.bias[...], self.eps)
 
 
 @NORMS.register("layernorm")
@@ -53,11 +107,9 @@ class LayerNormNoBias(_LayerNorm):
 class RMSNorm(nnx.Module):
     """x * rsqrt(mean(x^2) + eps) * weight."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    def __init__(self, cfg: ModelConfig, dim: int | None = None, *, rngs: nnx.Rngs | None = None):
         self.eps = cfg.norm_eps
-        self.weight = _param(nnx.initializers.ones, (cfg.n_embd,))
+        self.weight = _param(nnx.initializers.ones, (dim or cfg.n_embd,))
 
     def __call__(self, x_BxTxD):
-        x = x_BxTxD.astype(jnp.float32)
-        y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps) * self.weight[...]
-        return y.astype(x_BxTxD.dtype)
+        return rms_norm(x_BxTxD, self.weight[...], self.eps)

@@ -1,4 +1,8 @@
-"""Causal attention kernels: (q, k, v, bias, dropout_p) -> y, all (B, nh, T, hs); scale 1/sqrt(hs)."""
+"""Causal attention kernels: (q, k, v, bias, dropout_p) -> y, all (B, nh, T, hs); scale 1/sqrt(hs).
+
+k and v may have fewer heads than q (grouped-query attention, n_kv_head dividing nh): query head h
+reads kv head h // (nh / n_kv_head), i.e. consecutive query heads share one kv head.
+"""
 from __future__ import annotations
 
 import math
@@ -20,16 +24,19 @@ def causal_mask(T: int, device, bias=None):
 @ATTENTION.register("sdpa")
 def sdpa(q, k, v, bias=None, dropout_p: float = 0.0):
     """torch's fused kernel (flash / memory-efficient on CUDA, math on CPU)."""
+    gqa = k.shape[1] != q.shape[1]  # sdpa groups query heads onto kv heads itself
     if bias is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     mask = causal_mask(q.shape[-2], q.device, bias).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 @ATTENTION.register("manual")
 def manual(q, k, v, bias=None, dropout_p: float = 0.0):
     """Explicit q @ k^T, additive -inf mask, float32 softmax, dropout, @ v."""
     T, hs = q.shape[-2], q.shape[-1]
+    if k.shape[1] != q.shape[1]:  # grouped-query: repeat each kv head for its group of query heads
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     att = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
     att = att + causal_mask(T, q.device, bias)
     att = torch.softmax(att, dim=-1).to(q.dtype)

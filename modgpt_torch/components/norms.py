@@ -1,4 +1,7 @@
-"""Normalization layers; math in float32, output in the input's dtype. eps = config.norm_eps."""
+"""Normalization layers; math in float32, output in the input's dtype. eps = config.norm_eps.
+
+Built as Norm(cfg) over n_embd, or Norm(cfg, dim=head_dim) for qk_norm (normalizes the last dim).
+"""
 from __future__ import annotations
 
 import torch
@@ -15,11 +18,12 @@ class _LayerNorm(nn.Module):
     """LayerNorm over the last dim, with or without a bias."""
     has_bias = True
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dim: int | None = None):
         super().__init__()
+        dim = dim or cfg.n_embd
         self.eps = cfg.norm_eps
-        self.weight = nn.Parameter(torch.ones(cfg.n_embd))
-        self.bias = nn.Parameter(torch.zeros(cfg.n_embd)) if self.has_bias else None
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if self.has_bias else None
 
     def forward(self, x):
         b = self.bias.float() if self.bias is not None else None
@@ -43,10 +47,10 @@ class LayerNormNoBias(_LayerNorm):
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * weight (llama)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dim: int | None = None):
         super().__init__()
         self.eps = cfg.norm_eps
-        self.weight = nn.Parameter(torch.ones(cfg.n_embd))
+        self.weight = nn.Parameter(torch.ones(dim or cfg.n_embd))
 
     def forward(self, x):
         x32 = x.float()

@@ -37,7 +37,7 @@ def test_bool_and_numbers_typed():
     (["--n_layr=2"], "unknown option '--n_layr' (did you mean '--n_layer'?)"),
     (["--preset", "lama"], "unknown preset 'lama' (did you mean 'llama'?); valid presets: gpt2, llama, team, hybrid"),
     (["--n_layer=x"], "option 'n_layer' must be an integer, got 'x'"),
-    (["--position_encoding=alibi"], "option 'position_encoding' must be one of learned_absolute, rope, none"),
+    (["--position_encoding=xpos"], "option 'position_encoding' must be one of learned_absolute, rope, alibi, none"),
     (["nothere.py"], "config file 'nothere.py' not found"),
     (["stray"], "unexpected argument 'stray'"),
 ])

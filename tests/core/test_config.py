@@ -27,7 +27,12 @@ def test_every_preset_and_size_is_valid(preset, size):
     ({"n_layr": 2}, r"unknown option 'n_layr' \(did you mean 'n_layer'\?\)"),
     ({"normalization": "rmsnrom"}, r"must be one of layernorm, layernorm_nobias, rmsnorm; got 'rmsnrom' \(did you mean 'rmsnorm'\?\)"),
     ({"activation": "tanh"}, r"option 'activation' must be one of gelu, silu, relu, leaky_relu"),
-    ({"position_encoding": "alibi"}, r"learned_absolute, rope, none"),
+    ({"position_encoding": "xpos"}, r"'position_encoding' must be one of learned_absolute, rope, alibi, none"),
+    ({"n_head": 12, "n_kv_head": 5}, r"option 'n_kv_head' must divide n_head \(12\): got 5; "
+                                     r"valid: 1, 2, 3, 4, 6, 12 \(0 = n_head\)"),
+    ({"n_head": 4, "n_embd": 64, "n_kv_head": 8}, r"'n_kv_head' must divide n_head \(4\): got 8"),
+    ({"n_kv_head": -1}, r"'n_kv_head' must be >= 0, got -1"),
+    ({"qk_norm": "perhaps"}, r"option 'qk_norm' must be True or False"),
     ({"n_embd": 100, "n_head": 3}, r"n_embd \(100\) must be divisible by n_head \(3\)"),
     ({"n_embd": 60, "n_head": 4, "position_encoding": "rope"}, r"rope' needs an even head dim"),
     ({"dropout": 1.0}, r"'dropout' must be in \[0, 1\)"),
@@ -103,3 +108,64 @@ def test_json_keys_are_sectioned():
     d = json.loads(C.Config().to_json())
     assert set(d) == {"model", "train", "system"}
     assert d["model"]["normalization"] == "layernorm"
+
+
+def test_grouped_query_fields_and_defaults():
+    m = C.ModelConfig()  # n_kv_head unset (0) = multi-head: existing configs and presets unchanged
+    assert m.n_kv_head == 0 and m.kv_heads == 12 and m.qkv_size == 3 * 768 and m.qk_norm is False
+    g = C.from_flat({"n_head": 12, "n_kv_head": 4}).model
+    assert g.kv_heads == 4 and g.qkv_size == (12 + 2 * 4) * 64
+    assert C.from_flat({"n_kv_head": 1}).model.qkv_size == 768 + 2 * 64
+    for p in PRESETS.values():  # no preset sets the new options
+        assert "n_kv_head" not in p and "qk_norm" not in p
+    # a config.json written before these options existed still loads (defaults fill in)
+    old = json.loads(C.Config().to_json())
+    del old["model"]["n_kv_head"], old["model"]["qk_norm"]
+    assert C.from_dict(old) == C.Config()
+    odd = C.Config().replace(n_kv_head=3, qk_norm=True, position_encoding="alibi")
+    assert C.from_json(odd.to_json()) == odd
+
+
+def test_option_values_are_valid_at_the_parity_size_on_every_preset():
+    """OPTION_VALUES (read by the parity enumerator) must build on n_head=4 for every preset."""
+    assert set(C.OPTION_VALUES) <= set(C.KEY_SECTION) and C.OPTION_VALUES["n_kv_head"]
+    for preset in PRESETS:
+        for key, values in C.OPTION_VALUES.items():
+            for v in values:
+                m = C.from_flat({**PRESETS[preset], "n_head": 4, "n_embd": 64, key: v}).model
+                assert getattr(m, key) == v
+    assert {1, 2} <= set(C.OPTION_VALUES["n_kv_head"])  # multi-query and a real group
+
+
+def test_arch_names_of_new_options():
+    base = {**PRESETS["llama"]}
+    name = lambda **kw: C.arch_name(C.from_flat({**base, **kw}).model)  # noqa: E731
+    assert name(position_encoding="alibi") == "12L-12H-768D-ALiBi-RMS-SwiGLU-PreNorm"
+    assert name(n_kv_head=4) == "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm-GQA4"
+    assert name(n_kv_head=1) == "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm-MQA"
+    assert name(n_kv_head=12) == name() == "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm"  # = n_head: MHA
+    assert name(qk_norm=True, n_kv_head=2) == "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm-GQA2-QKNorm"
+    # gated FFNs take their gate from the activation registry: GeGLU and ReGLU via ffn_type=glu
+    assert name(ffn_type="glu", activation="gelu") == "12L-12H-768D-RoPE-RMS-GeGLU-PreNorm"
+    assert name(ffn_type="glu", activation="relu") == "12L-12H-768D-RoPE-RMS-ReGLU-PreNorm"
+    assert name(ffn_type="swiglu", activation="relu") == "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm"
+
+
+def test_summary_tree_shows_new_options_only_when_set():
+    plain = C.summary_tree(C.from_flat(PRESETS["llama"]))
+    assert "Attention Heads" not in plain and "QK Norm" not in plain
+    text = C.summary_tree(C.from_flat({**PRESETS["llama"], "n_kv_head": 4, "qk_norm": True,
+                                       "position_encoding": "alibi", "ffn_type": "glu", "activation": "relu"}))
+    for needle in ("Architecture Name:     12L-12H-768D-ALiBi-RMS-ReGLU-PreNorm-GQA4-QKNorm",
+                   "|- Position Encoding:  alibi (additive bias, slopes 2^(-8i/n_head))",
+                   "|- Attention Heads:    12 query / 4 key-value (GQA4, 3 query heads per kv head)",
+                   "|- QK Norm:            rmsnorm per head over head_dim 64",
+                   "|- Activation:         glu (ReLU gate)"):
+        assert needle in text, needle
+
+
+def test_a_name_without_a_label_appears_as_itself(monkeypatch):
+    """The README guide says the _POS label is optional: an unlabeled component still names runs."""
+    monkeypatch.delitem(C._POS, "alibi")
+    assert C.arch_name(C.from_flat({**PRESETS["gpt2"], "position_encoding": "alibi"}).model) == \
+        "12L-12H-768D-alibi-LN-GELU-PreNorm-Bias-Tied"

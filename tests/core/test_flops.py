@@ -91,3 +91,50 @@ def test_mfu_and_override():
     assert mfu(1e9, 1e5, None) is None
     assert mfu(1e9, 4e5, 989.0) == pytest.approx(1e9 * 4e5 / 989e12)
     assert mfu(1e9, 4e5, 100.0, n_devices=4) == pytest.approx(4e14 / 400e12)  # = 1.0
+
+
+def test_gqa_qknorm_alibi_by_hand():
+    """2L, 4 query heads sharing 2 kv heads, hd 16, T 32, V 65, llama components + alibi + qk_norm."""
+    m = C.from_flat({**PRESETS["llama"], "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64,
+                     "block_size": 32, "vocab_size": 65, "position_encoding": "alibi", "qk_norm": True}).model
+    c = count(m)
+    # per layer: qkv 64 x (4 + 2*2)*16 = 8,192; out 64 x 64 = 4,096; SwiGLU 3 x 64 x 192 = 36,864
+    assert m.ffn_hidden_size == 192
+    assert c.matmul_params == 2 * (8_192 + 4_096 + 36_864) + 64 * 65 == 102_464
+    # + per layer norm1, norm2 (64 each) and q_norm, k_norm (16 each, rmsnorm: weight only);
+    # wte 4,160, no wpe (alibi has no table), norm_f 64, untied head 4,160
+    assert c.params == 4_160 + 2 * (49_152 + 2 * 64 + 2 * 16) + 64 + 4_160 == 107_008
+    # attention term uses the 4 query heads: 12 x L x H x hd x T = 12 x 2 x 4 x 16 x 32 = 49,152
+    assert c.flops_per_token == 6 * 102_464 + 49_152 == 663_936
+    assert c.breakdown["attn_qkv"] == 6 * 2 * 8_192
+    assert c.non_matmul["alibi"] == 3 * 4 * 32 * 2 and c.non_matmul["rope"] == 0
+
+
+def test_mqa_qknorm_with_bias_by_hand():
+    """gpt2 components (LayerNorm with bias, biases, tied, learned positions), one kv head, qk_norm."""
+    m = C.from_flat({**PRESETS["gpt2"], "n_layer": 2, "n_head": 4, "n_kv_head": 1, "n_embd": 64,
+                     "block_size": 32, "vocab_size": 65, "qk_norm": True}).model
+    c = count(m)
+    # per layer: qkv 64 x (4 + 2)*16 = 6,144 (+96 bias); out 4,096 (+64); fc/proj 2 x 64 x 256 (+256, +64)
+    assert c.matmul_params == 2 * (6_144 + 4_096 + 32_768) + 4_160 == 90_176
+    per_layer = 6_144 + 96 + 4_096 + 64 + 16_384 + 256 + 16_384 + 64 + 2 * 128 + 2 * 32  # q/k_norm w+b
+    assert c.params == 4_160 + 32 * 64 + 2 * per_layer + 128 == 93_952
+    assert c.flops_per_token == 6 * 90_176 + 12 * 2 * 4 * 16 * 32 == 590_208
+
+
+def test_gqa_shrinks_only_the_kv_projections():
+    mha, gqa, mqa = model("llama"), model("llama", n_kv_head=4), model("llama", n_kv_head=1)
+    c0, c4, c1 = count(mha), count(gqa), count(mqa)
+    L, D, hd = 12, 768, 64
+    assert c0.params - c4.params == L * D * 2 * (12 - 4) * hd == 9_437_184
+    assert c0.params - c1.params == L * D * 2 * (12 - 1) * hd
+    assert c0.flops_per_token - c4.flops_per_token == 6 * L * D * 2 * (12 - 4) * hd
+    for k in ("attn_scores", "attn_values", "attn_out", "ffn", "lm_head"):
+        assert c4.breakdown[k] == c0.breakdown[k], k  # every query head still attends
+    assert count(model("llama", n_kv_head=12)) == c0  # n_kv_head = n_head is multi-head attention
+    # qk_norm adds 2 x head_dim norm weights per layer and no matmul; alibi drops nothing (no table)
+    qkn = count(model("llama", qk_norm=True))
+    assert qkn.params - c0.params == L * 2 * hd and qkn.flops_per_token == c0.flops_per_token
+    assert qkn.non_matmul["norms"] > c0.non_matmul["norms"]
+    assert count(model("llama", position_encoding="alibi")).params == c0.params
+    assert count(model("gpt2", position_encoding="alibi")).params == count(model("gpt2")).params - 1024 * 768

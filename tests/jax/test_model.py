@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from modgpt import weights as W
-from modgpt.config import CHOICES, COMPONENT_KINDS
+from modgpt.config import CHOICES, COMPONENT_KINDS, OPTION_VALUES
 from modgpt_jax.components import REGISTRIES
 from modgpt_jax.model import build, cross_entropy
 from modgpt_jax.weights import load_canonical, to_canonical
 
 
 OPTIONS = [(kind, name) for kind in COMPONENT_KINDS for name in CHOICES[kind]]
+OPTIONS += [("n_kv_head", v) for v in OPTION_VALUES["n_kv_head"]] + [("qk_norm", True)]
 
 
 @pytest.mark.parametrize("kind", COMPONENT_KINDS)
@@ -112,3 +113,58 @@ def test_init_distributions(tiny):
     assert abs(t["blocks.0.attn.proj.weight"].std() - std / np.sqrt(8)) < 0.1 * std / np.sqrt(8)
     assert (t["blocks.0.norm1.weight"] == 1).all() and (t["blocks.0.norm1.bias"] == 0).all()
     assert (t["blocks.0.attn.qkv.bias"] == 0).all()
+
+
+# ---- grouped-query attention, qk_norm, ALiBi ---------------------------------------------------
+def _repeat_kv_heads(t, m):
+    """Canonical GQA tensors -> the equivalent multi-head ones: each kv head's columns repeated for
+    its n_head/n_kv_head query heads (query head h reads kv head h // group)."""
+    out = dict(t)
+    nh, kv, hd, G = m.n_head, m.kv_heads, m.head_dim, m.n_head // m.kv_heads
+    for name in [n for n in t if n.endswith(("attn.qkv.weight", "attn.qkv.bias"))]:
+        q, k, v = np.split(t[name], [nh * hd, (nh + kv) * hd], axis=-1)
+        rep = [np.repeat(x.reshape(x.shape[:-1] + (kv, hd)), G, axis=-2).reshape(x.shape[:-1] + (nh * hd,))
+               for x in (k, v)]
+        out[name] = np.concatenate([q] + rep, axis=-1)
+    return out
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+@pytest.mark.parametrize("backend", CHOICES["attention_backend"])
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_gqa_equals_mha_with_repeated_kv_heads(n_kv_head, backend, pos, tokens, tiny):
+    """Same function, different storage: fp32, only summation order differs (atol 2e-6 on O(1) logits)."""
+    kw = dict(n_head=4, position_encoding=pos, attention_backend=backend, qk_norm=True)
+    gqa_cfg = tiny(n_kv_head=n_kv_head, **kw)
+    gqa, mha = build(gqa_cfg, 0), build(tiny(**kw), 1)
+    t = to_canonical(gqa)
+    assert t["blocks.0.attn.qkv.weight"].shape == (32, (4 + 2 * n_kv_head) * 8)
+    load_canonical(mha, _repeat_kv_heads(t, gqa_cfg.model))
+    x = jnp.asarray(tokens)
+    np.testing.assert_allclose(np.asarray(gqa(x)), np.asarray(mha(x)), atol=2e-6, rtol=1e-5)
+
+
+def test_qk_norm_params_and_scan(tokens, tiny):
+    """q_norm/k_norm are (head_dim,) per layer, init 1 (+ bias 0 for layernorm); scan_layers stacks
+    them like every block param: plain and scanned forward agree (atol 1e-6, fp32 same math)."""
+    cfg = tiny(qk_norm=True, normalization="layernorm", n_head=4, n_kv_head=2, position_encoding="alibi")
+    t = to_canonical(build(cfg, 0))
+    assert t["blocks.1.attn.q_norm.weight"].shape == (8,) and (t["blocks.1.attn.k_norm.weight"] == 1).all()
+    assert (t["blocks.0.attn.q_norm.bias"] == 0).all()
+    x = jnp.asarray(tokens)
+    a, b = build(cfg, 0)(x), build(cfg.replace(scan_layers=True), 0)(x)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_head, slopes", [
+    (8, [2.0 ** -i for i in range(1, 9)]),  # 2^(-8i/8)
+    # not a power of 2: the 4 slopes of n=4, then slopes 1 and 3 of n=8 (2^-1, 2^-3)
+    (6, [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]),
+])
+def test_alibi_bias_values(n_head, slopes, tiny):
+    from modgpt_jax.components.positions import ALiBi
+    b = np.asarray(ALiBi(tiny(n_head=n_head, n_embd=8 * n_head, position_encoding="alibi").model).bias(5))
+    assert b.shape == (n_head, 5, 5) and b.dtype == np.float32
+    i, j = np.tril_indices(5)  # the causal part: -slope * distance (exact in float32 here)
+    for h, s in enumerate(slopes):
+        assert (b[h, i, j] == -s * (i - j)).all(), h

@@ -12,6 +12,8 @@ What each side counts:
   FlopCounterMode (torch 2.13) has no formula: it counts nothing for attention, so the counter must
   equal our total minus exactly the attention terms.
 """
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,6 +40,29 @@ def test_flops_match_flop_counter(preset, backend):
     want = c.flops_per_token * B * T
     attn = (c.breakdown["attn_scores"] + c.breakdown["attn_values"]) * B * T
     if backend == "manual" or fc.get_total_flops() == want:  # the latter: a torch that counts sdpa
+        assert fc.get_total_flops() == want
+    else:
+        assert fc.get_total_flops() == want - attn
+
+
+@pytest.mark.parametrize("backend", C.CHOICES["attention_backend"])
+@pytest.mark.parametrize("extra", [dict(n_kv_head=1), dict(n_kv_head=2, qk_norm=True, position_encoding="alibi")],
+                         ids=["mqa", "gqa2-qknorm-alibi"])
+def test_flops_match_flop_counter_grouped_query(extra, backend):
+    """GQA shrinks the k/v projections (counted by both) and not the attention matmuls: every query
+    head still scores every key (manual repeats the kv heads, then bmm's over all 4 heads)."""
+    cfg = C.from_flat({**PRESETS["llama"], "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64,
+                       "vocab_size": 65, "attention_backend": backend, **extra}).model
+    m = ConfigurableGPT(cfg)
+    B, T = 2, cfg.block_size
+    x = torch.randint(0, cfg.vocab_size, (B, T))
+    with FlopCounterMode(display=False) as fc:
+        m(x, x)[1].backward()
+    c = count(cfg)
+    want = c.flops_per_token * B * T
+    attn = (c.breakdown["attn_scores"] + c.breakdown["attn_values"]) * B * T
+    assert c.matmul_params < count(dataclasses.replace(cfg, n_kv_head=0)).matmul_params  # k/v shrank
+    if backend == "manual" or fc.get_total_flops() == want:
         assert fc.get_total_flops() == want
     else:
         assert fc.get_total_flops() == want - attn

@@ -23,6 +23,7 @@ def test_registries_cover_schema(kind):
 
 OPTIONS = [(kind, name) for kind in C.COMPONENT_KINDS for name in C.CHOICES[kind]]
 OPTIONS += [("norm_position", "post"), ("bias", False), ("weight_tying", False), ("dropout", 0.1)]
+OPTIONS += [("n_kv_head", v) for v in C.OPTION_VALUES["n_kv_head"]] + [("qk_norm", True)]
 
 
 @pytest.mark.parametrize("key,value", OPTIONS, ids=[f"{k}={v}" for k, v in OPTIONS])
@@ -97,3 +98,93 @@ def test_generate_shapes_and_greedy_determinism():
     assert out.shape == (2, 73) and (out[:, :3] == 0).all() and out.max() < 65
     g1, g2 = m.generate(idx, 5, temperature=0), m.generate(idx, 5, temperature=0)
     assert torch.equal(g1, g2)
+
+
+# ---- grouped-query attention, qk_norm, ALiBi, gated FFNs -------------------------------------
+def _repeat_kv_heads(t, cfg):
+    """Canonical GQA tensors -> the equivalent multi-head ones: each kv head's columns repeated for
+    its n_head/n_kv_head query heads (query head h reads kv head h // group)."""
+    import numpy as np
+    out = dict(t)
+    nh, kv, hd, G = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.n_head // cfg.kv_heads
+    for name in [n for n in t if n.endswith(("attn.qkv.weight", "attn.qkv.bias"))]:
+        a = t[name]
+        q, k, v = np.split(a, [nh * hd, (nh + kv) * hd], axis=-1)
+        rep = [np.repeat(x.reshape(x.shape[:-1] + (kv, hd)), G, axis=-2).reshape(x.shape[:-1] + (nh * hd,))
+               for x in (k, v)]
+        out[name] = np.concatenate([q] + rep, axis=-1)
+    return out
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+@pytest.mark.parametrize("backend", C.CHOICES["attention_backend"])
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_gqa_equals_mha_with_repeated_kv_heads(n_kv_head, backend, pos):
+    """Same function, different storage: fp32, only summation order differs (atol 2e-6 on O(1) logits)."""
+    from modgpt_torch.weights import load_canonical, to_canonical
+    torch.manual_seed(0)
+    kw = dict(n_head=4, position_encoding=pos, attention_backend=backend, qk_norm=True)
+    gqa = ConfigurableGPT(tiny(n_kv_head=n_kv_head, **kw)).eval()
+    mha = ConfigurableGPT(tiny(**kw)).eval()
+    assert gqa.blocks[0].attn.qkv.weight.shape == ((4 + 2 * n_kv_head) * 8, 32)
+    load_canonical(mha, _repeat_kv_heads(to_canonical(gqa), gqa.cfg))
+    x = torch.randint(0, 65, (2, 64))
+    torch.testing.assert_close(gqa(x)[0], mha(x)[0], atol=2e-6, rtol=1e-5)
+
+
+def test_qk_norm_makes_attention_scale_invariant_in_q_and_k():
+    """With qk_norm (rmsnorm, eps ~ 0, no bias) scaling the q and k columns of qkv cannot change the
+    output; without it, it must (the scores scale by 25). atol 1e-5: eps 1e-12 vs rms ~0.1."""
+    torch.manual_seed(0)
+    outs = {}
+    for qkn in (True, False):
+        m = ConfigurableGPT(tiny(qk_norm=qkn, normalization="rmsnorm", norm_eps=1e-12, bias=False)).eval()
+        x = torch.randint(0, 65, (2, 32))
+        before = m(x)[0]
+        with torch.no_grad():
+            for b in m.blocks:
+                b.attn.qkv.weight[:64] *= 5.0  # rows = output columns: q (32) and k (32)
+        outs[qkn] = (before - m(x)[0]).abs().max().item()
+    assert outs[True] < 1e-5 and outs[False] > 1e-3, outs
+    m = ConfigurableGPT(tiny(qk_norm=True, normalization="layernorm"))
+    assert m.blocks[0].attn.q_norm.weight.shape == (16,) and (m.blocks[0].attn.k_norm.weight == 1).all()
+    assert (m.blocks[0].attn.q_norm.bias == 0).all()
+
+
+def test_new_parameter_names_are_canonical():
+    from modgpt.weights import canonical_shapes
+    for cfg in (tiny(qk_norm=True, normalization="layernorm", n_head=4, n_kv_head=2),
+                tiny(qk_norm=True, normalization="rmsnorm", n_kv_head=1, position_encoding="alibi")):
+        shapes = {n: tuple(p.shape) for n, p in ConfigurableGPT(cfg).named_parameters()}
+        want = canonical_shapes(cfg)
+        assert set(shapes) == set(want)
+        assert want["blocks.1.attn.qkv.weight"] == (32, cfg.qkv_size) == shapes["blocks.1.attn.qkv.weight"][::-1]
+        assert want["blocks.1.attn.k_norm.weight"] == (cfg.head_dim,) == shapes["blocks.1.attn.k_norm.weight"]
+
+
+@pytest.mark.parametrize("n_head, slopes", [
+    (8, [2.0 ** -i for i in range(1, 9)]),  # 2^(-8i/8)
+    (4, [2.0 ** -(2 * i) for i in range(1, 5)]),  # 2^(-8i/4)
+    # not a power of 2: the 4 slopes of n=4, then slopes 1 and 3 of n=8 (2^-1, 2^-3)
+    (6, [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]),
+])
+def test_alibi_bias_values(n_head, slopes):
+    from modgpt_torch.components.positions import ALiBi
+    b = ALiBi(tiny(n_head=n_head, n_embd=8 * n_head, position_encoding="alibi")).bias(5)
+    assert b.shape == (n_head, 5, 5) and b.dtype == torch.float32
+    for h, s in enumerate(slopes):
+        for i in range(5):
+            for j in range(i + 1):  # the causal part: -slope * distance (exact in float32 here)
+                assert b[h, i, j].item() == -s * (i - j), (h, i, j)
+
+
+@pytest.mark.parametrize("act", C.CHOICES["activation"])
+def test_glu_gates_with_every_activation(act):
+    """ffn_type=glu: proj(act(gate(x)) * fc(x)) with the registered activation (GeGLU, ReGLU, ...)."""
+    import torch.nn.functional as F
+    ref = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu,
+           "leaky_relu": lambda t: F.leaky_relu(t, C.LEAKY_RELU_SLOPE)}[act]
+    torch.manual_seed(0)
+    ffn = ConfigurableGPT(tiny(ffn_type="glu", activation=act)).blocks[0].ffn
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ffn(x), ffn.proj(ref(ffn.gate(x)) * ffn.fc(x)), atol=0, rtol=0)

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from modgpt import data as D
 from modgpt import runlog
 from modgpt import weights as W
 
@@ -41,7 +42,7 @@ def final_state(out):
     return load_latest(out)
 
 
-def test_smoke_log_checkpoint_sample(full_run):
+def test_smoke_log_checkpoint_sample(full_run, data_dir):
     out, p = full_run
     assert "MODEL ARCHITECTURE" in p.stdout and "tokens/iter" in p.stdout
     types = [r["type"] for r in runlog.read(out)]
@@ -50,6 +51,10 @@ def test_smoke_log_checkpoint_sample(full_run):
     end = runlog.read(out)[-1]
     assert end["status"] == "completed" and end["iter"] == 8
     assert sorted(os.listdir(out)).count("ckpt-00000008.pt") == 1
+    # a finished run prints a short seeded sample, decoded with the run's char tokenizer
+    text = p.stdout.split("sample (seed 7, temperature 0.8):\n", 1)[1]
+    vocab = set(D.get_tokenizer(D.load_meta(D.dataset_dir(data_dir, "shakespeare_char"))).decode(list(range(65))))
+    assert len(text.rstrip("\n")) >= 150 and set(text) <= vocab
     s = run("modgpt_torch.sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20", "--start=KING")
     assert s.stdout.startswith("KING") and len(s.stdout) > 20
 

@@ -1,0 +1,107 @@
+"""modgpt.bench: the table and JSON of a real (tiny, few-iteration) run, aggregation, bad input.
+
+No timing assertions: the numbers depend on the machine and its load; the checks are on structure
+(every backend present with positive throughput, warm-up discarded, ratios consistent).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from modgpt import bench as BM
+
+TINY = ["--size=tiny", "--batch_size=8", "--block_size=32"]  # batch 8: splits over 8 fake devices
+
+
+def run_bench(capsys, *argv):
+    try:
+        code = BM.main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["--backends=jax,tensorflow"], "--backends"),
+    (["--backends=jax,jax"], "--backends"),
+    (["--iters=0"], "--iters"),
+    (["--repeat=0"], "--repeat"),
+    (["--warmup=x"], "--warmup"),
+    (["--json=/nonexistent-dir/x.json"], "--json"),
+    (["--cpus=99999"], "--cpus"),
+])
+def test_bad_options_one_line_exit_2(capsys, tmp_path, argv, option):
+    code, out = run_bench(capsys, *TINY, *argv)
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and option in lines[0]
+    assert "running" not in out.out  # refused before any backend ran
+
+
+def test_forwarded_drops_bench_flags():
+    argv = ["--size=tiny", "--backends", "jax", "--iters=3", "--json", "f.json", "--lr=1", "cfg.py"]
+    assert BM.forwarded(argv) == ["--size=tiny", "--lr=1", "cfg.py"]
+
+
+def fake(backend, ms, tpi=1000, **kw):
+    return dict(backend=backend, ms_per_iter=ms, ms_per_iter_stdev=1.0, tokens_per_sec=tpi * 1000 / ms,
+                mfu=None, warmup_s=2.0, startup_s=1.0, peak_rss_bytes=2**20, peak_device_mem_bytes=None, **kw)
+
+
+def test_combine_and_ratios_take_medians_within_rounds():
+    rounds = [{"jax": fake("jax", 100), "torch": fake("torch", 200)},
+              {"jax": fake("jax", 300), "torch": fake("torch", 300)},  # a slow round for both
+              {"jax": fake("jax", 110), "torch": fake("torch", 200)}]
+    jax = BM.combine([r["jax"] for r in rounds])
+    assert jax["ms_per_iter"] == 110 and jax["rounds"] == 3 and jax["ms_per_iter_rounds"] == [100, 300, 110]
+    r = BM.ratios(rounds, ["jax", "torch"])
+    assert r["jax/torch"] == pytest.approx(200 / 110)  # per-round ratios 2, 1, 1.82 -> median
+    assert r["torch/jax"] == pytest.approx(110 / 200)
+    text = BM.table([jax, BM.combine([x["torch"] for x in rounds])], r)
+    assert "x torch" in text.splitlines()[0]
+    assert text.splitlines()[2].split()[-1] == f"{200 / 110:.2f}"
+
+
+def test_failed_backend_is_reported():
+    res = [fake("jax", 100), {"backend": "torch", "error": "error: boom", "returncode": 2}]
+    text = BM.table(res, {})
+    assert "torch" in text and "FAILED: error: boom" in text
+
+
+def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    code, out = run_bench(capsys, *TINY, f"--data_dir={data_dir}", "--backends=jax,torch,nanogpt",
+                          "--iters=2", "--warmup=1", f"--json={out_json}")
+    assert code == 0, out.out + out.err
+    lines = out.out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("backend"))
+    for col in ("tokens/s", "ms/iter", "MFU", "peak RSS", "compile+warm-up s", "x torch"):
+        assert col in lines[head]
+    rows = {ln.split()[0]: ln.split() for ln in lines[head + 2:head + 5]}
+    assert set(rows) == {"jax", "torch", "nanogpt"}
+    assert rows["torch"][-1] == "1.00"
+    assert any(ln.startswith("tokens/s jax/torch:") for ln in lines)
+    assert any(ln.startswith("tokens/s torch/nanogpt:") for ln in lines)
+    assert lines[-1].startswith("command: python -m modgpt.bench --size=tiny")
+
+    rep = json.loads(out_json.read_text())
+    assert rep["command"][:3] == ["python", "-m", "modgpt.bench"] and rep["machine"]["cores"] == os.cpu_count()
+    assert set(rep["ratios"]) >= {"jax/torch", "torch/nanogpt", "jax/nanogpt"}
+    by = {r["backend"]: r for r in rep["results"]}
+    for name, r in by.items():
+        assert r["timed_iters"] == 2, name  # the warm-up iteration is not timed
+        assert r["tokens_per_sec"] > 0 and r["ms_per_iter"] > 0 and r["warmup_s"] > 0
+        assert r["peak_rss_bytes"] > 50 * 2**20  # a Python process with jax or torch loaded
+        assert r["arch"] == by["jax"]["arch"] and r["tokens_per_iter"] == 8 * 32
+        assert r["mfu"] is None  # CPU: no known peak
+    assert by["jax"]["versions"]["jax"] and by["torch"]["versions"]["torch"]
+    assert rep["ratios"]["jax/torch"] == pytest.approx(by["jax"]["tokens_per_sec"] / by["torch"]["tokens_per_sec"])
+
+
+def test_baseline_refuses_other_architectures(capsys, data_dir, tmp_path):
+    code, out = run_bench(capsys, "--preset=llama", *TINY, f"--data_dir={data_dir}", "--backends=nanogpt",
+                          "--iters=1", "--warmup=0")
+    assert code == 1
+    assert "FAILED: error: the nanogpt baseline implements the gpt2 architecture only" in out.out

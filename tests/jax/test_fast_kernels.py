@@ -1,0 +1,126 @@
+"""The hand-written backwards (docs/performance.md) against autodiff of the plain formulas.
+
+Every check compares values and gradients of the fast path with jax.grad of the textbook math in
+float32. Tolerances: the two compute the same sums in a different order (and the attention kernel
+scales q before q @ k^T instead of the scores after), so they agree to a few float32 ulps of the
+largest magnitude involved; 2e-5 relative (about 170 ulps) leaves room for accumulation over up
+to 256 terms yet fails on any wrong term (a missing or doubled contribution is O(1) relative).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from modgpt_jax.components import attention as A
+from modgpt_jax.components.layers import dense
+from modgpt_jax.components.norms import layer_norm, rms_norm
+
+RTOL = 2e-5
+
+
+def close(a, b, rtol=RTOL, floor=1e-30):
+    """|a - b| <= rtol * max(max|b|, floor) (scale-aware: gradients span orders of magnitude; floor
+    is the inputs' scale where the reference can be exactly zero, e.g. dq for a single token)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    err, scale = np.abs(a - b).max(), max(np.abs(b).max(), floor)
+    assert err <= rtol * scale, f"max abs err {err:.3g} > {rtol} x {scale:.3g}"
+
+
+def rand(key, *shape):
+    return jax.random.normal(jax.random.key(key), shape, jnp.float32)
+
+
+def ref_attention(q, k, v):
+    """Causal attention on (B, nh, T, hd) as the contract writes it; autodiff backward."""
+    T, S, hd = q.shape[-2], k.shape[-2], q.shape[-1]
+    s = (q @ jnp.swapaxes(k, -1, -2)) / math.sqrt(hd)
+    s = jnp.where(jnp.tril(jnp.ones((T, S), bool)), s, -jnp.inf)
+    return jax.nn.softmax(s, axis=-1) @ v
+
+
+def test_query_blocks():
+    assert [A._query_blocks(T) for T in (1024, 256, 128, 96, 64, 48, 40, 1)] == [4, 4, 4, 2, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("T,blocks", [(256, 4), (128, 2), (96, 2), (40, 1), (1, 1)])
+def test_causal_attention_matches_autodiff(T, blocks):
+    q, k, v, dy = (rand(i, 2, 3, T, 16) for i in range(4))
+    y, vjp = jax.vjp(lambda *a: A.causal_attention(*a, blocks), q, k, v)
+    y_ref, vjp_ref = jax.vjp(ref_attention, q, k, v)
+    close(y, y_ref)
+    for g, g_ref in zip(vjp(dy), vjp_ref(dy)):
+        close(g, g_ref, floor=1.0)  # unit-normal inputs
+
+
+def test_causal_attention_grads_are_causal():
+    """dL/dk and dL/dv at position j only come from queries i >= j: a loss on the first query
+    row gives zero gradient to every later key and value."""
+    q, k, v = (rand(i, 1, 2, 64, 8) for i in range(3))
+    gk, gv = jax.grad(lambda k, v: A.causal_attention(q, k, v, 2)[..., 0, :].sum(), argnums=(0, 1))(k, v)
+    assert np.all(np.asarray(gk)[..., 1:, :] == 0) and np.all(np.asarray(gv)[..., 1:, :] == 0)
+    assert np.abs(np.asarray(gv)[..., 0, :]).min() > 0
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_sdpa_cpu_path_matches_manual_with_gqa(n_kv):
+    """The registered sdpa (on CPU: causal_attention) equals manual, values and grads, (B, T, nh, hd)."""
+    assert jax.default_backend() == "cpu"
+    q = rand(0, 2, 64, 4, 8)
+    k, v = rand(1, 2, 64, n_kv, 8), rand(2, 2, 64, n_kv, 8)
+    f = lambda kern: lambda q, k, v: jnp.sum(jnp.sin(kern(q, k, v)))  # noqa: E731
+    for g, g_ref in zip(jax.grad(f(A.sdpa), argnums=(0, 1, 2))(q, k, v),
+                        jax.grad(f(A.manual), argnums=(0, 1, 2))(q, k, v)):
+        close(g, g_ref)
+
+
+def ref_layer_norm(x, w, b, eps):
+    mean = x.mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + eps) * w
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 32), (2, 4, 3, 8)])  # activations; per-head (qk_norm)
+def test_layer_norm_matches_autodiff(bias, shape):
+    x, dy = rand(0, *shape) * 3 + 1, rand(1, *shape)
+    w, b = rand(2, shape[-1]), (rand(3, shape[-1]) if bias else None)
+    loss = lambda f: lambda x, w, b: jnp.sum(f(x, w, b, 1e-5) * dy)  # noqa: E731
+    close(layer_norm(x, w, b, 1e-5), ref_layer_norm(x, w, b, 1e-5))
+    got = jax.grad(loss(layer_norm), argnums=(0, 1, 2) if bias else (0, 1))(x, w, b)
+    want = jax.grad(loss(ref_layer_norm), argnums=(0, 1, 2) if bias else (0, 1))(x, w, b)
+    for g, g_ref in zip(got, want):
+        close(g, g_ref)
+
+
+def test_rms_norm_matches_autodiff():
+    x, dy, w = rand(0, 3, 5, 32) * 3 + 1, rand(1, 3, 5, 32), rand(2, 32)
+    ref = lambda x, w, eps: x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps) * w  # noqa: E731
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w, 1e-5) * dy)  # noqa: E731
+    close(rms_norm(x, w, 1e-5), ref(x, w, 1e-5))
+    for g, g_ref in zip(jax.grad(loss(rms_norm), argnums=(0, 1))(x, w), jax.grad(loss(ref), argnums=(0, 1))(x, w)):
+        close(g, g_ref)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(16, 48), (48, 16)])  # both branches of the weight gradient
+def test_linear_matches_autodiff(n_in, n_out):
+    with nnx.use_eager_sharding(False):
+        layer = dense(n_in, n_out, True, 0.5, ("embed", "mlp"), nnx.Rngs(0))
+    graph, params = nnx.split(layer)
+    x, dy = rand(1, 3, 7, n_in), rand(2, 3, 7, n_out)
+
+    def fast(params, x):
+        return jnp.sum(nnx.merge(graph, params)(x) * dy)
+
+    def ref(params, x):
+        return jnp.sum((x @ params["kernel"][...] + params["bias"][...]) * dy)
+    close(fast(params, x), ref(params, x))
+    (gp, gx), (rp, rx) = jax.grad(fast, argnums=(0, 1))(params, x), jax.grad(ref, argnums=(0, 1))(params, x)
+    close(gx, rx)
+    close(gp["kernel"][...], rp["kernel"][...])
+    close(gp["bias"][...], rp["bias"][...])

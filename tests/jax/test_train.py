@@ -1,0 +1,149 @@
+"""The training command: exact resume, resume onto another mesh shape, the 8-device CLI with
+sample and export, and clean one-line refusals.
+
+Resume runs call `modgpt_jax.train.main(argv)` in this process (the same code path as
+`python -m modgpt_jax.train`, without a jax start-up per run); the CLI test uses real subprocesses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from modgpt import runlog
+
+N = 3  # interrupt after N iterations, resume to 2N
+# dropout: the resumed run must also redraw the same masks. No warmup and lr 1e-3 so that each step
+# moves the weights enough (~lr) for a lost optimizer moment to show far above the tolerances.
+RUN = ["--eval_interval=3", "--dropout=0.1", "--warmup_iters=0", "--learning_rate=1e-3"]
+MESH_2x4 = ["--mesh_data=2", "--mesh_fsdp=4"]
+
+
+def evals(d):
+    return {r["iter"]: r["val_loss"] for r in runlog.read(d) if r["type"] == "eval"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """An uninterrupted 2N run and an N run (both on 2x4), plus a copy of the N run's directory."""
+    import signal
+
+    from modgpt_jax import train
+    root = tmp_path_factory.mktemp("resume")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    base = ["--preset=llama", "--size=tiny", "--batch_size=8", "--eval_iters=1", "--log_interval=1",
+            "--progress=False", f"--data_dir={data_dir}", *RUN, *MESH_2x4]
+    try:
+        assert train.main([*base, f"--out_dir={root / 'full'}", f"--max_iters={2 * N}"]) == 0
+        assert train.main([*base, f"--out_dir={root / 'part'}", f"--max_iters={N}"]) == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    shutil.copytree(root / "part", root / "part_copy")
+    return root
+
+
+def test_resume_is_exact(runs, train_main, iter_losses):
+    """fp32 on CPU, same mesh: the resumed iterations are bit-identical to the uninterrupted run's
+    (params, Adam moments and step count restored exactly; batches and dropout keys are pure
+    functions of (seed, iteration))."""
+    full, part = runs / "full", runs / "part"
+    assert train_main(part, "--init_from=resume", f"--max_iters={2 * N}", *MESH_2x4) == 0
+    ref, got = iter_losses(full), iter_losses(part)
+    assert sorted(ref) == sorted(got) == list(range(2 * N))
+    assert [got[i] for i in range(2 * N)] == [ref[i] for i in range(2 * N)]
+    assert evals(part) == evals(full)
+    recs = runlog.read(part)
+    assert [r["event"] for r in recs if r["type"] == "event" and r["event"] == "resumed"] == ["resumed"]
+    assert recs[-1]["type"] == "end" and recs[-1]["status"] == "completed"
+
+
+def test_resume_on_another_mesh(runs, train_main, iter_losses, tmp_path):
+    """Saved on 2x4, restored onto 1x8 (pure FSDP): orbax reshards the params and
+    optimizer state to the new mesh's shardings. Tolerance: relative 1e-5 per loss, the same
+    reduction-order argument as tests/jax/test_sharding.py (observed differences are a few ulps)."""
+    d = tmp_path / "run"
+    shutil.copytree(runs / "part_copy", d)
+    assert train_main(d, "--init_from=resume", f"--max_iters={2 * N}", "--mesh_data=1", "--mesh_fsdp=8") == 0
+    ref, got = iter_losses(runs / "full"), iter_losses(d)
+    assert sorted(got) == list(range(2 * N))
+    np.testing.assert_allclose([got[i] for i in range(N, 2 * N)], [ref[i] for i in range(N, 2 * N)],
+                               rtol=1e-5, atol=0)
+    header = [r for r in runlog.read(d) if r["type"] == "header"][-1]
+    assert header["resumed_from"] == N and "fsdp=8" in header["parallel"]
+
+
+def test_cli_fsdp8_sample_export(cli, data_dir, tmp_path, capsys):
+    """`python -m modgpt_jax.train` in a subprocess on 8 fake devices as pure FSDP; then sample and export."""
+    out = tmp_path / "run"
+    p = cli("modgpt_jax.train", "--preset=llama", "--size=tiny", "--mesh_fsdp=8", "--mesh_data=1",
+            "--batch_size=8", "--max_iters=4", "--eval_interval=2", "--eval_iters=1", "--log_interval=1",
+            "--dropout=0.1", "--progress=False", f"--data_dir={data_dir}", f"--out_dir={out}")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "FSDP: mesh data=1 x fsdp=8" in p.stdout and "cpu x8" in p.stdout
+    # the end-of-run sample: printed once, ~200 characters of the run's character vocabulary
+    assert "sample (seed 1337, temperature 0.8):" in p.stdout
+    text = p.stdout.split("sample (seed 1337, temperature 0.8):\n", 1)[1]
+    chars = set(json.load(open(os.path.join(data_dir, "shakespeare_char", "meta.json")))["chars"])
+    assert 150 <= len(text.rstrip("\n")) <= 201 and set(text) <= chars
+    recs = runlog.read(out)
+    assert [r["iter"] for r in recs if r["type"] == "iter"] == [0, 1, 2, 3]
+    assert recs[0]["type"] == "header" and recs[0]["n_devices"] == 8
+    assert recs[-1]["status"] == "completed"
+    assert sorted(os.listdir(out / "checkpoints")) == ["0", "2", "4"]
+
+    # sample and export: their `main(argv)` in this process (one device suffices for both)
+    from modgpt_jax import export, sample
+    capsys.readouterr()
+    assert sample.main([f"--out_dir={out}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=20",
+                        "--seed=3"]) == 0
+    samples = [t for t in capsys.readouterr().out.split("---------------\n") if t.strip()]
+    assert len(samples) == 2 and all(t.startswith("ROMEO:") and len(t.rstrip("\n")) == 26 for t in samples)
+
+    f = tmp_path / "w.safetensors"
+    assert export.main([f"--out_dir={out}", "--to", str(f)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    from modgpt import weights as W
+    from modgpt_jax.inference import load_model
+    from modgpt_jax.weights import to_canonical
+    tensors, cfg = W.load(str(f))
+    assert cfg.model.n_layer == 2 and cfg.model.position_encoding == "rope"
+    W.check_tensors(cfg.model, tensors)
+    model, _, meta = load_model(str(out))  # the final (iteration 4) params, gathered from 8 shards
+    assert meta["iter"] == 4
+    for k, v in to_canonical(model).items():
+        assert np.array_equal(tensors[k], v), k
+
+
+def test_sample_export_without_checkpoint(tmp_path, capsys):
+    """A directory with no run, and a run directory whose training saved no checkpoint: one line
+    on stderr, exit status 2, no file written."""
+    from modgpt.config import Config
+    from modgpt_jax import export, sample
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nockpt = tmp_path / "nockpt"
+    nockpt.mkdir()
+    (nockpt / "config.json").write_text(json.dumps({**Config().to_dict(), "backend": "jax"}))
+    to = str(tmp_path / "x.safetensors")
+    for d, why in ((empty, "no run in"), (nockpt, "no checkpoint in")):
+        for main, extra in ((sample.main, []), (export.main, ["--to", to])):
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as e:
+                main([f"--out_dir={d}", *extra])
+            assert e.value.code == 2
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], lines
+    assert not os.path.exists(to)
+
+
+def test_refusal_writes_nothing(train_main, tmp_path, capsys):
+    """A batch the mesh cannot split is refused in one line, exit 2, and out_dir is left absent."""
+    out = tmp_path / "run"
+    assert train_main(out, "--batch_size=12", "--mesh_fsdp=8", "--mesh_data=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: batch_size=12 cannot be split over the 8 devices")
+    assert not out.exists()

@@ -1,0 +1,59 @@
+"""SIGTERM / SIGINT (preemption, Ctrl-C): checkpoint at the next step boundary, an `end` record,
+exit 0 and one line saying how to resume; the resumed run is exact. Under torchrun a signal to one
+rank stops every rank at the same step.
+
+The signal is sent while iteration 4 runs: the test-only hook `step@4:sleep` (modgpt/io.py) prints
+a line and sleeps 2 s between backward and update, so the stop lands at boundary 5, which is not an
+evaluation step: the checkpoint there is written by the stop itself.
+"""
+import os
+import signal
+import sys
+
+import pytest
+
+MAX_ITERS = 8
+STOP_AT = 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_checkpoints_and_resumes(backend, runner, reference, h, tmp_path, sig):
+    out = str(tmp_path / "run")
+    p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", fault=f"step@{STOP_AT - 1}:sleep")
+    p.wait_line(lambda s: s.startswith("[test fault]"))
+    p.p.send_signal(sig)
+    rc, rest, err = p.finish()
+    assert rc == 0, err[-3000:]
+    said = [line for line in rest.splitlines() if line.startswith("stopped by")]
+    assert said == [f"stopped by {sig.name} at iteration {STOP_AT}; saved {h.checkpoint_path(backend, out, STOP_AT)}; "
+                    f"resume with: python -m modgpt_{backend}.train --init_from=resume --out_dir={out}"], rest
+    end = h.end_record(out)
+    assert end["status"] == "interrupted" and end["iter"] == STOP_AT
+    assert h.checkpoint_iters(backend, out)[-1] == STOP_AT
+    if sig == signal.SIGINT:
+        return  # the resume below is the same for both signals; run it once per backend
+    runner.train(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", "--init_from=resume")
+    assert [e["iter"] for e in h.events(out, "resumed")] == [STOP_AT]
+    ref = reference(backend)
+    assert h.losses(out) == h.losses(ref)
+    h.assert_same_params(h.read_params(backend, out), h.read_params(backend, ref))
+
+
+@pytest.mark.distributed
+def test_torchrun_ranks_agree_on_stop(runner, h, tmp_path):
+    """SIGTERM to rank 1 only: both ranks stop at the same boundary (parallel.any_flag), rank 0
+    writes the checkpoint and the end record, torchrun exits 0."""
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "modgpt_torch.train", *runner.cmd("torch")[3:], "--batch_size=4", "--parallel=ddp",
+           f"--max_iters={MAX_ITERS}", f"--out_dir={out}"]
+    p = runner.start("torch", cmd=cmd, fault=f"step@{STOP_AT - 1}:sleep")
+    line = p.wait_line(lambda s: s.startswith("[test fault]") and "rank 1)" in s)
+    os.kill(int(line.split("pid ")[1].split(",")[0]), signal.SIGTERM)
+    rc, rest, err = p.finish()
+    assert rc == 0, err[-3000:]
+    said = [line for line in rest.splitlines() if line.startswith("stopped by")]
+    assert len(said) == 1 and f"at iteration {STOP_AT};" in said[0] and "--init_from=resume" in said[0], rest
+    end = h.end_record(out)
+    assert end["status"] == "interrupted" and end["iter"] == STOP_AT
+    assert h.checkpoint_iters("torch", out)[-1] == STOP_AT

@@ -6,7 +6,12 @@ its target, so a run saved on one mesh shape resumes on another.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import sys
+import tempfile
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,6 +38,16 @@ def _fault_tmp_class():
 
 class CheckpointError(RuntimeError):
     """No checkpoint, or an unreadable one; the message says what to do."""
+
+
+def exit_if_unreadable(e: CheckpointError) -> None:
+    """After a failed orbax read, print the one-line error and leave without interpreter teardown:
+    orbax's abandoned asynchronous reads would otherwise print pages of tracebacks at exit. Nothing
+    is held at that point (a run takes its lock only after the checkpoint has loaded)."""
+    if getattr(e, "unreadable", False):
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        os._exit(2)
 
 
 def manager(out_dir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
@@ -75,6 +90,27 @@ def read_meta(out_dir: str, step: int | None = None) -> dict:
     return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+@contextlib.contextmanager
+def _stderr_only_on_success():
+    """Hold back what orbax/TensorStore write to stderr (fd 2, native code included) and replay it
+    only if the block succeeds: a corrupt checkpoint then reports our one line, not pages of logs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                buf.seek(0)
+                sys.stderr.write(buf.read().decode(errors="replace"))
+
+
 def restore(out_dir: str, params_target, opt_target, step: int | None = None):
     """(params, opt_state, meta) of `step` (default latest), placed like the targets' shardings.
 
@@ -98,13 +134,26 @@ def restore(out_dir: str, params_target, opt_target, step: int | None = None):
                 partial_restore=True), meta=ocp.args.JsonRestore())
         else:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        out = mgr.restore(step, args=args)
+        with _stderr_only_on_success():
+            try:
+                out = mgr.restore(step, args=args)
+            except Exception:
+                # let the aborted read's other async tasks fail and be collected while stderr is
+                # still held back, so their tracebacks do not follow our one-line error
+                mgr.close()
+                time.sleep(0.5)
+                gc.collect()
+                raise
     except Exception as e:  # noqa: BLE001 - orbax raises many types; report one short line
         why = " ".join(str(e).split())
         why = why.split(" See full TensorStore details")[0][:200]
         path = os.path.join(out_dir, CKPT_DIR, str(step))
-        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {why}); it is "
+        err = CheckpointError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {why}); it is "
                               f"truncated, corrupt or from another architecture: delete it to resume "
-                              f"from the previous one") from None
+                              f"from the previous one")
+        err.unreadable = True
+        raise err from None
+    finally:
+        mgr.close()  # stop orbax's worker threads now, not at interpreter exit (they print there)
     st = out["state"]
     return st["params"], st.get("opt_state"), out["meta"]

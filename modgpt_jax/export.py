@@ -14,12 +14,13 @@ def main(argv=None) -> int:
     out_dir = args.config.train.out_dir
     if not out_dir or not isinstance(to, str):
         cli.fail("usage: python -m modgpt_jax.export --out_dir=RUN --to FILE.safetensors")
-    from modgpt_jax.checkpoint import CheckpointError
+    from modgpt_jax.checkpoint import CheckpointError, exit_if_unreadable
     from modgpt_jax.inference import load_model
     from modgpt_jax.weights import to_canonical
     try:
         model, cfg, meta = load_model(out_dir)
     except CheckpointError as e:
+        exit_if_unreadable(e)
         cli.fail(str(e))
     W.save(to, to_canonical(model), cfg)
     print(f"wrote {to} ({len(W.canonical_shapes(cfg.model))} tensors, iteration {meta['iter']})")

@@ -115,13 +115,15 @@ def main(argv=None) -> int:
                 start = fh.read()
         except OSError as e:
             cli.fail(f"cannot read prompt file '{start[5:]}': {e.strerror}")
-    from modgpt_jax.checkpoint import CheckpointError
+    from modgpt_jax.checkpoint import CheckpointError, exit_if_unreadable
     from modgpt_jax.inference import load_model
     try:
         model, cfg, meta = load_model(out_dir)
         tok = D.get_tokenizer(D.load_meta(D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)))
         ids = tok.encode(start)
     except (CheckpointError, D.DataError) as e:
+        if isinstance(e, CheckpointError):
+            exit_if_unreadable(e)
         cli.fail(str(e))
     if not ids:
         cli.fail("the prompt encodes to no tokens; give --start=TEXT")

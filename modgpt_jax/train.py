@@ -207,6 +207,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
         try:
             trainer.params, trainer.opt_state, meta = CK.restore(run.out_dir, trainer.params, trainer.opt_state)
         except CK.CheckpointError as e:
+            CK.exit_if_unreadable(e)
             return fail(str(e))
         start, best, skipped = meta["iter"], meta.get("best_val_loss") or math.inf, meta.get("skipped_steps", 0)
     elif init_tensors is not None:
@@ -257,7 +258,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
             ev = trainer.evaluate(sampler)
             best = min(best, ev["val"])
             log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], tokens_seen=it * loop.tokens_per_iter(cfg))
-            prog.message(f"step {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
+            prog.message(f"eval {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
             if not (restored and it == start) and not save(it):
                 return 1
         if it >= t.max_iters:

@@ -50,6 +50,10 @@ def cases(size: dict | None = None) -> dict[str, C.Config]:
                     add(f"{base}+{opt}={val}", make(base, size, **{opt: val}))
         for opt in BOOL_OPTIONS:
             add(f"{base}+{opt}={not getattr(ref.model, opt)}", make(base, size, **{opt: not getattr(ref.model, opt)}))
+    # the glu FFN's gate is the configured activation: cover every gate (GeGLU, ReGLU, ...) too, which
+    # one-at-a-time changes never reach (an activation change alone keeps gpt2's standard FFN)
+    for act in C.CHOICES["activation"]:
+        add(f"gpt2+ffn_type=glu+activation={act}", make("gpt2", size, ffn_type="glu", activation=act))
     return out
 
 

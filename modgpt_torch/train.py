@@ -412,6 +412,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             text = end_of_run_sample(sample_model, cfg, device)
             if text is not None:
                 print(f"sample (seed {t.seed}, temperature 0.8):\n{text}", flush=True)
+        P.barrier(d)  # the other ranks wait for rank 0's sample instead of tearing the group down under it
     return 0
 
 

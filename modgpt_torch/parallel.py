@@ -44,8 +44,12 @@ def barrier(d: Dist) -> None:
 
 
 def shutdown(d: Dist) -> None:
+    """Leave together: a rank destroying the gloo group while a peer still uses it aborts (SIGABRT)."""
     if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def any_flag(d: Dist, flag: bool, device) -> bool:

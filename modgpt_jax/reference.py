@@ -14,24 +14,14 @@ import optax
 from flax import nnx
 
 from modgpt import config as C
-from modgpt import weights as W
 from modgpt_jax.model import cross_entropy
 from modgpt_jax.step import DTYPES, cast
-from modgpt_jax.weights import _flat, canonical_name
+from modgpt_jax.weights import tree_to_canonical
 
 
 def canonical_tree(m: C.ModelConfig, tree: dict, scanned: bool = False) -> dict[str, np.ndarray]:
     """A params-shaped pure dict (params, grads, Adam moments) -> canonical name -> float32 numpy."""
-    out: dict[str, np.ndarray] = {}
-    for path, arr in _flat(tree):
-        a = np.asarray(jax.device_get(arr), dtype=np.float32)
-        if scanned and path[0] == "blocks":
-            for i in range(a.shape[0]):
-                out[canonical_name(("blocks", str(i)) + path[1:])] = a[i]
-        else:
-            out[canonical_name(path)] = a
-    W.check_tensors(m, out, "jax tree")
-    return {k: out[k] for k in W.canonical_shapes(m)}
+    return tree_to_canonical(m, tree, scanned, "jax tree")
 
 
 def trainer(cfg: C.Config, tensors: dict | None, device=None):

@@ -34,20 +34,24 @@ def canonical_name(path: tuple[str, ...]) -> str:
     return ".".join(path[:-1] + (LEAF[path[-1]],))
 
 
-def to_canonical(model) -> dict[str, np.ndarray]:
-    """Every parameter under its canonical name, float32 numpy (gathered from any sharding)."""
-    scanned = getattr(model, "scan_layers", False)
+def tree_to_canonical(m, tree: dict, scanned: bool = False, what: str = "model") -> dict[str, np.ndarray]:
+    """A params-shaped pure dict (params, grads, Adam moments) -> canonical name -> float32 numpy,
+    in canonical order (gathered from any sharding; stacked block leaves split into blocks.{i})."""
     out: dict[str, np.ndarray] = {}
-    for path, arr in _flat(param_dict(model)):
+    for path, arr in _flat(tree):
         a = np.asarray(jax.device_get(arr), dtype=np.float32)
         if scanned and path[0] == "blocks":
             for i in range(a.shape[0]):
                 out[canonical_name(("blocks", str(i)) + path[1:])] = a[i]
         else:
             out[canonical_name(path)] = a
-    order = W.canonical_shapes(model.cfg)
-    W.check_tensors(model.cfg, out, "model")
-    return {k: out[k] for k in order}
+    W.check_tensors(m, out, what)
+    return {k: out[k] for k in W.canonical_shapes(m)}
+
+
+def to_canonical(model) -> dict[str, np.ndarray]:
+    """Every parameter under its canonical name, float32 numpy (gathered from any sharding)."""
+    return tree_to_canonical(model.cfg, param_dict(model), getattr(model, "scan_layers", False))
 
 
 def load_canonical(model, tensors: dict) -> None:

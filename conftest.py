@@ -6,12 +6,18 @@ import pathlib
 
 import pytest
 
+from modgpt import hostmem
+
 ROOT = pathlib.Path(__file__).resolve().parent
 SHARED = pathlib.Path(os.environ.get("MODGPT_SHARED", ROOT.parent / "shared"))
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
 
 # Sharded JAX tests use 8 fake CPU devices; the flag must be set before jax is first imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+# XLA:CPU reuses its per-step temporary buffer instead of faulting in fresh pages every call
+# (modgpt/hostmem.py); must happen before jax starts its threads, so here, before any test runs.
+hostmem.keep_freed_blocks()
 
 # Offline resources (CI has no network): tiktoken's GPT-2 ranks and Tiny Shakespeare from ../shared.
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from modgpt import cli
+from modgpt import cli, hostmem
 from modgpt import data as D
 
 FLAGS = {"start": "prompt text, or FILE:path (default newline)", "num_samples": "samples (default 3)",
@@ -95,6 +95,7 @@ def end_of_run_sample(model, cfg, max_chars: int = 200, temperature: float = 0.8
 
 def main(argv=None) -> int:
     args = cli.parse(argv, prog="python -m modgpt_jax.sample", extra_flags=FLAGS)
+    hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
     f = args.flags
     out_dir = args.config.train.out_dir
     if not out_dir:

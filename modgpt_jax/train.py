@@ -18,6 +18,7 @@ from modgpt import cli, io, loop
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
+from modgpt import hostmem
 from modgpt import weights as W
 
 BACKEND = "jax"
@@ -144,6 +145,7 @@ def discard_setup(run, is_main: bool) -> None:
 
 def main(argv=None) -> int:
     args = cli.parse(argv, prog="python -m modgpt_jax.train")
+    hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
     from modgpt_jax.distributed import maybe_initialize
     multi = maybe_initialize()
     import jax
@@ -221,7 +223,8 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
     prog = loop.Progress(cfg, start, enabled=is_main)
     if is_main:
         print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, t.dtype, peak, par,
-                                  extra={"mesh": dict(trainer.mesh.shape)}), flush=True)
+                                  extra={"mesh": dict(trainer.mesh.shape),
+                                         "host malloc": hostmem.keep_freed_blocks()}), flush=True)
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
                     orbax=orbax.checkpoint.__version__)
     log.header(**loop.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),

@@ -13,11 +13,13 @@ import signal
 import sys
 import time
 
-from modgpt import cli
+from modgpt import cli, hostmem
 
 PROG = "python -m modgpt_torch.train"
 # Run as a script: parse the command line before importing torch (~3 s), so a typo fails at once.
 PREPARSED = cli.parse(None, prog=PROG) if __name__ == "__main__" else None
+if __name__ == "__main__":
+    hostmem.keep_freed_blocks()  # before torch starts its threads (modgpt/hostmem.py)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -200,6 +202,7 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 def main(argv=None) -> int:
     args = PREPARSED if argv is None and PREPARSED is not None else cli.parse(argv, prog=PROG)
+    hostmem.keep_freed_blocks()
     mode = args.config.system.parallel
     d = P.Dist()
     run = None
@@ -272,7 +275,8 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     log = loop.open_log(run, enabled=d.is_main)
     progress = loop.Progress(cfg, start, enabled=d.is_main)
     if d.is_main:
-        extra = {"compile": "torch.compile" if t.compile else "eager", "init": t.init_from}
+        extra = {"compile": "torch.compile" if t.compile else "eager", "init": t.init_from,
+                 "host malloc": hostmem.keep_freed_blocks()}
         print(loop.startup_report(run, BACKEND, dev_name, d.world, precision, peak, pdesc, extra), flush=True)
         versions = {"torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
         log.header(**loop.header_record(run, BACKEND, dev_name, d.world, peak, versions, pdesc),

@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
+import jax.numpy as jnp
 
 from modgpt.config import LEAKY_RELU_SLOPE
 from modgpt.registry import Registry
 
 ACTIVATIONS = Registry("activation")
 
-# exact (erf) gelu: torch nn.GELU()'s default; jax's default is the tanh approximation
-ACTIVATIONS.register("gelu")(functools.partial(jax.nn.gelu, approximate=False))
+
+
+@ACTIVATIONS.register("gelu")
+def gelu(x):
+    """Exact (erf) GELU, x * (1 + erf(x / sqrt(2))) / 2: torch nn.GELU()'s default and its formula
+    (jax.nn.gelu defaults to the tanh approximation). Written with erf rather than jax.nn.gelu's
+    erfc form: the same function, and XLA:CPU's erf is a short polynomial while its erfc has
+    branches and an exp (the whole step ~8% faster on CPU, docs/performance.md)."""
+    return x * 0.5 * (1 + jax.lax.erf(x * jnp.asarray(1 / math.sqrt(2), x.dtype)))
+
+
 ACTIVATIONS.register("silu")(jax.nn.silu)
 ACTIVATIONS.register("relu")(jax.nn.relu)
 ACTIVATIONS.register("leaky_relu")(functools.partial(jax.nn.leaky_relu, negative_slope=LEAKY_RELU_SLOPE))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -84,6 +85,9 @@ def test_cli_fsdp8_sample_export(cli, data_dir, tmp_path, capsys):
             "--dropout=0.1", "--progress=False", f"--data_dir={data_dir}", f"--out_dir={out}")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "FSDP: mesh data=1 x fsdp=8" in p.stdout and "cpu x8" in p.stdout
+    if sys.platform.startswith("linux") and not {"MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD",
+                                                 "MODGPT_HOST_MALLOC"} & set(os.environ):
+        assert "host malloc:  glibc: one arena, freed blocks kept" in p.stdout  # modgpt/hostmem.py
     # the end-of-run sample: printed once, ~200 characters of the run's character vocabulary
     assert "sample (seed 1337, temperature 0.8):" in p.stdout
     text = p.stdout.split("sample (seed 1337, temperature 0.8):\n", 1)[1]

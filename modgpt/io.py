@@ -166,7 +166,8 @@ class RunLock:
 #                                                       "ckpt_write@2:enospc", "disk_free=1000"
 # Points: ckpt_write (inside a checkpoint save, after the temporary file/dir is fully written and
 # before it is renamed into place; the hook first truncates it to half so it is really partial),
-# step (between the backward pass and the parameter update). Actions: pause (print one
+# step (between the backward pass and the parameter update), startup (@0: once the stop handler is
+# installed, before the model is built, compiled or restored). Actions: pause (print one
 # "[test fault] ..." line to stdout and sleep for good, so the test can SIGKILL the process right
 # there), sleep (print the line, sleep 2 s, go on: time for a test's signal to land mid-step),
 # enospc (raise OSError(ENOSPC) as a full disk would). "disk_free=N" replaces the free-space

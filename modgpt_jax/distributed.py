@@ -35,3 +35,14 @@ def maybe_initialize() -> bool:
         jax.distributed.initialize()
     _done = True
     return jax.process_count() > 1
+
+
+def any_process(flag: bool) -> bool:
+    """True when `flag` is set on any process (a collective: every process must call it at the same
+    point). One process: the flag itself, no communication."""
+    import jax
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))) > 0)

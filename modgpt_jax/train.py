@@ -172,6 +172,8 @@ def main(argv=None) -> int:
             raise loop.SetupError(f"{cfg0.train.init_from} holds {C.arch_name(file_cfg.model)} but the run "
                                   f"asks for {C.arch_name(run.cfg.model)}")
         cfg = run.cfg
+        stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
+        io.fault("startup", 0)  # test-only hook (a signal while the model is built); no-op otherwise
         sampler = D.BatchSampler(run.data_path, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed,
                                  vocab_size=cfg.model.vocab_size, rank=jax.process_index(),
                                  world=jax.process_count())
@@ -181,13 +183,13 @@ def main(argv=None) -> int:
             discard_setup(run, is_main)
         return fail(str(e).splitlines()[0])
     try:
-        return train_loop(run, trainer, sampler, init_tensors, is_main)
+        return train_loop(run, trainer, sampler, init_tensors, is_main, stop)
     finally:
         if run.lock is not None:
             run.lock.release()
 
 
-def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> int:
+def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop: StopFlag) -> int:
     import jax
 
     import flax
@@ -195,6 +197,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
     import orbax.checkpoint
     from modgpt_jax import checkpoint as CK
     from modgpt_jax import sharding as S
+    from modgpt_jax.distributed import any_process
     cfg, t = run.cfg, run.cfg.train
     dev = jax.devices()[0]
     n_dev = jax.device_count()
@@ -231,7 +234,6 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
                resumed_from=start if restored else None)
     if restored:
         log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
-    stop = StopFlag()
     last_saved = start if restored else None
 
     def ckpt_path(step):
@@ -266,10 +268,11 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool) -> i
                 return 1
         if it >= t.max_iters:
             break
-        if stop.signal is not None:
+        if any_process(stop.signal is not None):  # multi-process: every process stops at the same step
             if last_saved != it and not save(it):
                 return 1
-            msg = loop.interrupted_message(stop.signal, it, ckpt_path(it), BACKEND, run.out_dir)
+            msg = loop.interrupted_message(stop.signal or "a signal on another process", it, ckpt_path(it),
+                                           BACKEND, run.out_dir)
             log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
             prog.close()
             if is_main:

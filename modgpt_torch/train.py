@@ -213,6 +213,7 @@ def main(argv=None) -> int:
         device = pick_device(args.config, d)
         run, source = do_setup(args, d)
         stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
+        io.fault("startup", 0)  # test-only hook (a signal while the model is built); no-op otherwise
         model, ck = guarded(d, lambda: build(run, source, d))
         guarded(d, lambda: loop.commit(run))  # the run's first write: out_dir, lock, config.json
     except SETUP_ERRORS as e:

@@ -10,6 +10,7 @@ wrong half would change the loss.
 """
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -29,20 +30,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
+def start_two(data_dir, out, *args, fault: str | None = None) -> list:
+    """`python -m modgpt_jax.train` as processes 0 and 1 of one run (2 fake devices each)."""
     import os
     import subprocess
     import sys
-    out = tmp_path / "mp"
     port = free_port()
     procs = []
     for i in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-               "MODGPT_CPU_COLLECTIVES": "gloo", "MODGPT_COORDINATOR": f"127.0.0.1:{port}",
-               "MODGPT_NUM_PROCESSES": "2", "MODGPT_PROCESS_ID": str(i)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "modgpt_jax.train", *ARGS, f"--data_dir={data_dir}",
-                                       f"--out_dir={out}"], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = {k: v for k, v in os.environ.items() if k != "MODGPT_TEST_FAULT"}
+        env.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONUNBUFFERED": "1",
+                    "MODGPT_CPU_COLLECTIVES": "gloo", "MODGPT_COORDINATOR": f"127.0.0.1:{port}",
+                    "MODGPT_NUM_PROCESSES": "2", "MODGPT_PROCESS_ID": str(i)}, **({"MODGPT_TEST_FAULT": fault} if fault else {}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "modgpt_jax.train", *ARGS, *args,
+                                       f"--data_dir={data_dir}", f"--out_dir={out}"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
+    out = tmp_path / "mp"
+    procs = start_two(data_dir, out)
     try:
         outs = [p.communicate(timeout=240) for p in procs]
     finally:
@@ -67,3 +75,35 @@ def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
     from modgpt_jax.inference import load_model
     _, _, meta = load_model(str(out))
     assert meta["iter"] == STEPS and meta["mesh"] == {"data": 1, "fsdp": 4}
+
+
+def test_processes_agree_on_stop(data_dir, tmp_path):
+    """SIGTERM to process 1 only, while step 2 runs: both processes stop at boundary 3 (they vote
+    every step, modgpt_jax.distributed.any_process), write checkpoint 3 together, process 0 writes
+    the end record and says so, both exit 0. Without the vote process 0 would go on into step 3's
+    collectives alone and hang."""
+    import signal
+
+    from modgpt import runlog
+    out = tmp_path / "stop"
+    procs = start_two(data_dir, out, "--max_iters=6", "--eval_interval=100", fault="step@2:sleep")
+    try:
+        for line in procs[1].stdout:  # process 1 reaches the hook (after printing its start-up report)
+            if line.startswith("[test fault]"):
+                break
+        else:
+            raise AssertionError("process 1 ended before step 2: " + procs[1].stderr.read()[-3000:])
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, o[-2000:] + e[-3000:]
+    said = [ln for ln in outs[0][0].splitlines() if ln.startswith("stopped by")]
+    assert len(said) == 1 and said[0].startswith("stopped by a signal on another process at iteration 3;"), said
+    assert "--init_from=resume" in said[0]
+    end = [r for r in runlog.read(out) if r["type"] == "end"][-1]
+    assert end["status"] == "interrupted" and end["iter"] == 3
+    assert sorted(int(d) for d in os.listdir(out / "checkpoints")) == [0, 3]

@@ -39,6 +39,27 @@ def test_signal_checkpoints_and_resumes(backend, runner, reference, h, tmp_path,
     h.assert_same_params(h.read_params(backend, out), h.read_params(backend, ref))
 
 
+def test_signal_during_startup(backend, runner, reference, h, tmp_path):
+    """SIGTERM while the model is being built (before the first step, before anything is written):
+    the run still starts cleanly, stops at the first boundary (iteration 0) with its checkpoint,
+    end record and resume hint, and the resumed run is the uninterrupted one."""
+    out = str(tmp_path / "run")
+    p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", fault="startup@0:sleep")
+    p.wait_line(lambda s: s.startswith("[test fault]"))
+    assert not os.path.exists(out)  # the signal lands before the run's first write
+    p.p.send_signal(signal.SIGTERM)
+    rc, rest, err = p.finish()
+    assert rc == 0, err[-3000:]
+    said = [line for line in rest.splitlines() if line.startswith("stopped by")]
+    assert said == [f"stopped by SIGTERM at iteration 0; saved {h.checkpoint_path(backend, out, 0)}; "
+                    f"resume with: python -m modgpt_{backend}.train --init_from=resume --out_dir={out}"], rest
+    end = h.end_record(out)
+    assert end["status"] == "interrupted" and end["iter"] == 0
+    assert h.checkpoint_iters(backend, out) == [0]
+    runner.train(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", "--init_from=resume")
+    assert h.losses(out) == h.losses(reference(backend))
+
+
 @pytest.mark.distributed
 def test_torchrun_ranks_agree_on_stop(runner, h, tmp_path):
     """SIGTERM to rank 1 only: both ranks stop at the same boundary (parallel.any_flag), rank 0

@@ -281,7 +281,9 @@ def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak
 def fmt_bytes(n: int | None) -> str:
     if not n:
         return "-"
-    return f"{n / 2**30:.2f}GiB" if n >= 2**30 else f"{n / 2**20:.0f}MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f}GiB"
+    return f"{n / 2**20:.0f}MiB" if n >= 2**20 else f"{n / 2**10:.0f}KiB"
 
 
 class Progress:

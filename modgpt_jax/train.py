@@ -53,6 +53,8 @@ class Trainer:
         self.eval_fn = jax.jit(loss_fn, in_shardings=(self.param_sh, S.batch_sharding(self.mesh),
                                                       S.batch_sharding(self.mesh)), out_shardings=self.repl)
         self.base_key = jax.random.key(cfg.train.seed)
+        self._compiled_step = None  # the step compiled ahead of time on first use (step_memory below)
+        self.step_memory: dict | None = None
 
     def set_params(self, params) -> None:
         from modgpt_jax import sharding as S
@@ -81,7 +83,19 @@ class Trainer:
         import jax
         lr = loop.lr_at(it, self.cfg.train)
         key = jax.random.fold_in(self.base_key, it)
-        self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, x, y, np.float32(lr), key)
+        args = (self.params, self.opt_state, x, y, np.float32(lr), key)
+        if jax.config.jax_disable_jit:  # op by op (the parity suite runs one-shot checks eagerly)
+            out = self.step_fn(*args)
+        else:
+            if self._compiled_step is None:  # the compilation the first jit call would do, done
+                # explicitly so that XLA's memory plan of the step can be reported (step_memory)
+                self._compiled_step = self.step_fn.lower(*args).compile()
+                self.step_memory = memory_plan(self._compiled_step)
+            try:
+                out = self._compiled_step(*args)
+            except (TypeError, ValueError):  # inputs laid out unlike the first call's: jit recompiles
+                out = self.step_fn(*args)
+        self.params, self.opt_state, m = out
         io.fault("step", it)  # test-only hook (a kill while the step runs); no-op otherwise
         m = jax.device_get(m)
         return dict(loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), ok=bool(m["ok"]), lr=lr)
@@ -96,6 +110,22 @@ class Trainer:
                 losses.append(float(self.eval_fn(self.params, S.put_batch(x, self.mesh), S.put_batch(y, self.mesh))))
             out[split] = float(np.mean(losses))
         return out
+
+
+def memory_plan(compiled) -> dict | None:
+    """XLA's buffer plan of a compiled executable, per device, in bytes: arguments, outputs, the part
+    of the outputs aliased to donated arguments, temporaries, and total = what the step needs
+    (arguments + outputs - aliased + temporaries). None where the backend gives no analysis."""
+    try:
+        a = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not implemented on some backends
+        return None
+    if a is None:
+        return None
+    plan = dict(arguments=int(a.argument_size_in_bytes), outputs=int(a.output_size_in_bytes),
+                aliased=int(a.alias_size_in_bytes), temporaries=int(a.temp_size_in_bytes))
+    plan["total"] = plan["arguments"] + plan["outputs"] - plan["aliased"] + plan["temporaries"]
+    return plan
 
 
 def peak_memory() -> int | None:
@@ -258,6 +288,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
         return True
 
     it = start
+    plan_unreported = True
     while True:
         if loop.eval_due(it, cfg):
             ev = trainer.evaluate(sampler)
@@ -282,6 +313,14 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
         x, y = trainer.batch(sampler, it)
         m = trainer.step(x, y, it)  # returns host values: the step has finished
         dt = time.time() - t0
+        if plan_unreported and trainer.step_memory is not None:
+            plan_unreported = False
+            pm = trainer.step_memory
+            msg = (f"step memory (XLA plan, per device): {loop.fmt_bytes(pm['total'])} = arguments "
+                   f"{loop.fmt_bytes(pm['arguments'])} + temporaries {loop.fmt_bytes(pm['temporaries'])} + "
+                   f"outputs {loop.fmt_bytes(pm['outputs'])} - donated {loop.fmt_bytes(pm['aliased'])}")
+            log.event("step_memory", iter=it, message=msg, **{f"{k}_bytes": v for k, v in pm.items()})
+            prog.message(msg)
         if not m["ok"]:
             if t.skip_nonfinite:
                 skipped += 1

@@ -77,7 +77,7 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
     assert code == 0, out.out + out.err
     lines = out.out.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("backend"))
-    for col in ("tokens/s", "ms/iter", "MFU", "peak RSS", "compile+warm-up s", "x torch"):
+    for col in ("tokens/s", "ms/iter", "MFU", "step plan", "peak RSS", "compile+warm-up s", "x torch"):
         assert col in lines[head]
     rows = {ln.split()[0]: ln.split() for ln in lines[head + 2:head + 5]}
     assert set(rows) == {"jax", "torch", "nanogpt"}
@@ -97,6 +97,9 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
         assert r["arch"] == by["jax"]["arch"] and r["tokens_per_iter"] == 8 * 32
         assert r["mfu"] is None  # CPU: no known peak
     assert by["jax"]["versions"]["jax"] and by["torch"]["versions"]["torch"]
+    # XLA's plan for the JAX step covers at least its arguments: params + Adam moments (12 B/param)
+    assert by["jax"]["step_plan_bytes"] > 12 * by["jax"]["params"]
+    assert by["torch"]["step_plan_bytes"] is None and by["nanogpt"]["step_plan_bytes"] is None
     assert rep["ratios"]["jax/torch"] == pytest.approx(by["jax"]["tokens_per_sec"] / by["torch"]["tokens_per_sec"])
 
 

@@ -156,3 +156,22 @@ def test_mesh_shape_rules(tiny):
     assert S.mesh_shape(tiny(mesh_data=1, mesh_fsdp=-1).system, 8) == (1, 8)
     with pytest.raises(ConfigError, match="does not fit"):
         S.mesh_shape(tiny(mesh_data=3, mesh_fsdp=-1).system, 8)
+
+
+def test_step_memory_plan_is_per_device(sharded_runs):
+    """Trainer.step_memory is XLA's plan of the compiled step (reported in the run log and by the
+    bench). One device: its arguments are exactly the float32 params, the two Adam moments, the
+    (x, y) batch and a few scalars (step count, hyperparameters, lr, dropout key), and the donated
+    params + optimizer state alias the outputs. Pure FSDP over 8: each device holds about 1/8."""
+    tr1 = sharded_runs[(1, 1)][0]
+    plan = tr1.step_memory
+    n_params = sum(a.size for _, a in leaves(tr1.params))
+    t = tr1.cfg.train
+    batch = 2 * t.gradient_accumulation_steps * t.batch_size * tr1.cfg.model.block_size * 4  # x, y int32
+    # + scalars: two step counts and the 6 injected hyperparameters (32 bytes), lr (4), the key (8)
+    assert 12 * n_params + batch <= plan["arguments"] <= 12 * n_params + batch + 64, (plan, n_params)
+    assert 12 * n_params <= plan["aliased"] <= plan["outputs"]
+    assert plan["temporaries"] > 0
+    assert plan["total"] == plan["arguments"] + plan["outputs"] - plan["aliased"] + plan["temporaries"]
+    fsdp8 = sharded_runs[(1, 8)][0].step_memory
+    assert fsdp8["arguments"] < plan["arguments"] / 4  # 1/8 of each embed-split matrix, norms replicated

@@ -17,8 +17,9 @@ taken within each round, then the median. Compare backends only within one bench
 Peak memory: the device's high-water mark where the backend reports one (GPU), and always the
 process's RSS high-water mark (getrusage of the finished child: host memory including the Python
 runtime, libraries and the compiler). "step plan" (JAX): XLA's buffer plan for one training step
-per device (parameters, optimizer state and batch + temporaries + outputs - donated), i.e. what
-the weights, optimizer state and activations need; on a GPU, peak dev mem is compared with it.
+per device (parameters, optimizer state and batch + temporaries + outputs - donated). "floor":
+what the weights, gradients, AdamW state and saved activations need (modgpt.memory, from the
+config); "x floor" is the peak device memory, or where there is none (CPU) XLA's plan, over it.
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ def bench_backend(backend: str, argv: list[str], iters: int, warmup: int, workdi
     timed = [x for x in steps if x["iter"] >= warmup]
     plan = next((x for x in recs if x["type"] == "event" and x.get("event") == "step_memory"), {})
     res["step_plan_bytes"] = plan.get("total_bytes")  # XLA's plan for one step (JAX), per device
+    res["memory_floor_bytes"] = header.get("memory_floor_bytes")  # modgpt.memory's estimate, per device
     if not timed:
         res["error"] = f"no timed iterations in the log ({len(steps)} logged)"
         return res
@@ -129,7 +131,7 @@ def combine(runs: list[dict]) -> dict:
     out = dict(ok[0])
     for key in ("ms_per_iter", "ms_per_iter_stdev", "tokens_per_sec", "mfu", "warmup_s", "startup_s"):
         out[key] = med(key)
-    for key in ("peak_rss_bytes", "peak_device_mem_bytes", "step_plan_bytes"):
+    for key in ("peak_rss_bytes", "peak_device_mem_bytes", "step_plan_bytes", "memory_floor_bytes"):
         vals = [r[key] for r in ok if r.get(key)]
         out[key] = max(vals) if vals else None
     out.update(rounds=len(runs), failed_rounds=len(runs) - len(ok),
@@ -153,11 +155,18 @@ def ref_backend(backends: list[str]) -> str:
     return "torch" if "torch" in backends else backends[0]
 
 
+def over_floor(r: dict) -> str:
+    """Device memory over the floor: the measured peak where there is one (GPU), else XLA's plan."""
+    used = r.get("peak_device_mem_bytes") or r.get("step_plan_bytes")
+    floor = r.get("memory_floor_bytes")
+    return f"{used / floor:.2f}" if used and floor else "-"
+
+
 def table(results: list[dict], ratio: dict[str, float]) -> str:
     ok = [r for r in results if "error" not in r]
     ref = ref_backend([r["backend"] for r in results])
-    head = ["backend", "tokens/s", "ms/iter", "+-stdev", "MFU", "peak dev mem", "step plan", "peak RSS",
-            "compile+warm-up s", "startup s", f"x {ref}"]
+    head = ["backend", "tokens/s", "ms/iter", "+-stdev", "MFU", "peak dev mem", "step plan", "floor", "x floor",
+            "peak RSS", "compile+warm-up s", "startup s", f"x {ref}"]
     rows = []
     for r in results:
         if "error" not in r:
@@ -165,7 +174,8 @@ def table(results: list[dict], ratio: dict[str, float]) -> str:
             rel = 1.0 if r["backend"] == ref else ratio.get(f"{r['backend']}/{ref}")
             rows.append([r["backend"], f"{r['tokens_per_sec']:,.0f}", f"{r['ms_per_iter']:.1f}",
                          f"{r['ms_per_iter_stdev']:.1f}", mfu, fmt_bytes(r.get("peak_device_mem_bytes")),
-                         fmt_bytes(r.get("step_plan_bytes")), fmt_bytes(r.get("peak_rss_bytes")), f"{r['warmup_s']:.1f}", f"{r['startup_s']:.1f}",
+                         fmt_bytes(r.get("step_plan_bytes")), fmt_bytes(r.get("memory_floor_bytes")), over_floor(r),
+                         fmt_bytes(r.get("peak_rss_bytes")), f"{r['warmup_s']:.1f}", f"{r['startup_s']:.1f}",
                          "-" if rel is None else f"{rel:.2f}"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -270,6 +280,8 @@ def main(argv=None) -> int:
         print(f"  {r['backend']} versions: {r.get('versions')}")
     print("peak RSS: the process's resident-set high-water mark (getrusage), host memory incl. runtime")
     print("step plan: XLA's memory plan for one step per device (jax): arguments + temporaries + outputs - donated")
+    print("floor: what weights, gradients, AdamW state and saved activations need (python -m modgpt.memory); "
+          "x floor: peak dev mem (else step plan) / floor")
     print("command: " + shlex.join(command))
     if json_path:
         write_json(str(json_path), {"command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S"),

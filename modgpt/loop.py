@@ -15,6 +15,7 @@ from modgpt import data as D
 from modgpt import flops as F
 from modgpt import hardware as HW
 from modgpt import io
+from modgpt import memory as MEM
 from modgpt.io import RunLock, write_json
 from modgpt.presets import resolve_auto_size
 from modgpt.runlog import RunLog
@@ -260,6 +261,7 @@ def startup_report(run: Run, backend: str, device_name: str, n_devices: int, pre
                  f"{run.meta['train_tokens']:,} train tokens)"),
         ("schedule", f"{cfg.train.max_iters} iters, lr {cfg.train.learning_rate:g} -> {cfg.train.min_lr:g}, "
                      f"warmup {cfg.train.warmup_iters}"),
+        ("memory floor", MEM.summary(MEM.for_run(cfg, backend, n_devices))),
         ("out_dir", run.out_dir + ("  (resuming)" if run.resume else "")),
     ]
     rows += list((extra or {}).items())
@@ -275,7 +277,7 @@ def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak
                 params=c.params, flops_per_token=c.flops_per_token, device=device_name, n_devices=n_devices,
                 peak_tflops=peak, dtype=run.cfg.train.dtype, parallel=parallel_desc,
                 tokens_per_iter=tokens_per_iter(run.cfg), versions=versions, resumed=run.resume,
-                pid=os.getpid())
+                memory_floor_bytes=MEM.for_run(run.cfg, backend, n_devices).total, pid=os.getpid())
 
 
 def fmt_bytes(n: int | None) -> str:

@@ -18,6 +18,7 @@ from modgpt import cli, io, loop
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
+from modgpt import memory as MEM
 from modgpt import hostmem
 from modgpt import weights as W
 
@@ -289,6 +290,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
 
     it = start
     plan_unreported = True
+    floor = MEM.for_run(cfg, BACKEND, n_dev).total  # the step plan is compared with it
     while True:
         if loop.eval_due(it, cfg):
             ev = trainer.evaluate(sampler)
@@ -318,8 +320,10 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
             pm = trainer.step_memory
             msg = (f"step memory (XLA plan, per device): {loop.fmt_bytes(pm['total'])} = arguments "
                    f"{loop.fmt_bytes(pm['arguments'])} + temporaries {loop.fmt_bytes(pm['temporaries'])} + "
-                   f"outputs {loop.fmt_bytes(pm['outputs'])} - donated {loop.fmt_bytes(pm['aliased'])}")
-            log.event("step_memory", iter=it, message=msg, **{f"{k}_bytes": v for k, v in pm.items()})
+                   f"outputs {loop.fmt_bytes(pm['outputs'])} - donated {loop.fmt_bytes(pm['aliased'])}; "
+                   f"{pm['total'] / floor:.2f}x the floor of {loop.fmt_bytes(floor)}")
+            log.event("step_memory", iter=it, message=msg, floor_bytes=floor,
+                      **{f"{k}_bytes": v for k, v in pm.items()})
             prog.message(msg)
         if not m["ok"]:
             if t.skip_nonfinite:

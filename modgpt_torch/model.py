@@ -42,7 +42,12 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         pos = self._pos[0]
+        q_in = q
         q, k = pos.rotate(q, k)
+        if q is not q_in and not self.qk_norm:
+            # q and k are rotated copies now: a copy of v lets the whole qkv output, of which v is a
+            # view, be freed instead of kept for the backward (2/3 of it is dead; modgpt.memory)
+            v = v.contiguous()
         p = self.attn_drop.p if self.training else 0.0
         y = self.kernel(q, k, v, pos.bias(T, x.device), p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, D)

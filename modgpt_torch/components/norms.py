@@ -53,6 +53,28 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim or cfg.n_embd))
 
     def forward(self, x):
+        return _RMSNorm.apply(x, self.weight, self.eps)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """x * rsqrt(mean(x^2) + eps) * weight in float32 that keeps only x (in its own dtype) and the
+    float32 rstd for the backward, like F.layer_norm: autograd of the formula kept x, its float32
+    copy and the normalized x (three tensors of the input's size per norm; modgpt.memory's floor is
+    one). The backward is the textbook one, the same as the JAX backend's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
         x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return (x32 * rstd * weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, rstd, weight = ctx.saved_tensors
+        xhat = x.float() * rstd
+        dy32 = dy.float()
+        g = dy32 * weight.float()
+        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        dw = (dy32 * xhat).reshape(-1, xhat.shape[-1]).sum(0)
+        return dx.to(x.dtype), dw.to(weight.dtype), None

@@ -75,10 +75,22 @@ def rotate_half(x):
 class RoPE(PositionEncoding):
     """Rotary embeddings (GPT-NeoX / HF llama half-split layout) on q and k, in float32."""
 
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self._tables = None  # (cos, sin) for block_size rows, made on first use on the device
+
+    def tables(self, T: int, device):
+        """cos, sin for positions 0..T-1: rows of one table shared by every layer and step (made per
+        call, each layer's copy was kept for its backward)."""
+        c = self._tables
+        if c is None or c[0].shape[0] < T or c[0].device != device:
+            c = self._tables = rope_cos_sin(max(T, self.cfg.block_size), self.cfg.head_dim,
+                                            self.cfg.rope_theta, device)
+        return c[0][:T], c[1][:T]
+
     def rotate(self, q, k):
         # q, k: (B, nh, T, hs)
-        T, hd = q.shape[-2], q.shape[-1]
-        cos, sin = rope_cos_sin(T, hd, self.cfg.rope_theta, q.device)
+        cos, sin = self.tables(q.shape[-2], q.device)
 
         def rot(x):
             x32 = x.float()

@@ -77,7 +77,8 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
     assert code == 0, out.out + out.err
     lines = out.out.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("backend"))
-    for col in ("tokens/s", "ms/iter", "MFU", "step plan", "peak RSS", "compile+warm-up s", "x torch"):
+    for col in ("tokens/s", "ms/iter", "MFU", "step plan", "floor", "x floor", "peak RSS", "compile+warm-up s",
+                "x torch"):
         assert col in lines[head]
     rows = {ln.split()[0]: ln.split() for ln in lines[head + 2:head + 5]}
     assert set(rows) == {"jax", "torch", "nanogpt"}
@@ -100,6 +101,16 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
     # XLA's plan for the JAX step covers at least its arguments: params + Adam moments (12 B/param)
     assert by["jax"]["step_plan_bytes"] > 12 * by["jax"]["params"]
     assert by["torch"]["step_plan_bytes"] is None and by["nanogpt"]["step_plan_bytes"] is None
+    # every backend logs modgpt.memory's floor for its layout: the same for the two torch loops; JAX
+    # splits the batch (and so the activations) over its devices (8 fake ones under the test suite)
+    floor = by["torch"]["memory_floor_bytes"]
+    assert floor == by["nanogpt"]["memory_floor_bytes"]
+    assert floor > 16 * by["jax"]["params"]  # weights, gradients and two AdamW moments in float32, + activations
+    assert (by["jax"]["memory_floor_bytes"] < floor) == (by["jax"]["n_devices"] > 1)
+    floor = by["jax"]["memory_floor_bytes"]
+    assert by["jax"]["step_plan_bytes"] > by["jax"]["memory_floor_bytes"] * 0.9
+    assert rows["jax"][8] == f"{by['jax']['step_plan_bytes'] / floor:.2f}"  # the x floor column (CPU: the plan)
+    assert rows["torch"][8] == "-"  # no device peak and no plan on CPU
     assert rep["ratios"]["jax/torch"] == pytest.approx(by["jax"]["tokens_per_sec"] / by["torch"]["tokens_per_sec"])
 
 

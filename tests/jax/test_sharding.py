@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from modgpt import memory
 from modgpt_jax import sharding as S
 
 MESHES = [(2, 4), (8, 1), (1, 8)]
@@ -175,3 +176,8 @@ def test_step_memory_plan_is_per_device(sharded_runs):
     assert plan["total"] == plan["arguments"] + plan["outputs"] - plan["aliased"] + plan["temporaries"]
     fsdp8 = sharded_runs[(1, 8)][0].step_memory
     assert fsdp8["arguments"] < plan["arguments"] / 4  # 1/8 of each embed-split matrix, norms replicated
+    # modgpt.memory's floor counts the same weights, moments and batch from the config alone
+    floor = memory.for_run(tr1.cfg, "jax", 1)
+    assert floor.params == 4 * n_params and floor.optimizer == 8 * n_params and floor.batch == batch
+    assert floor.params + floor.optimizer + floor.batch <= plan["arguments"] <= floor.params + floor.optimizer + floor.batch + 64
+    assert plan["total"] > floor.total  # the CPU kernels keep more than the floor (docs/performance.md)

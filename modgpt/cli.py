@@ -30,6 +30,21 @@ def fail(msg: str, code: int = 2):
     raise SystemExit(code)
 
 
+def positive_int_flag(args: Args, name: str, default: int | None = None) -> int | None:
+    """An entry point's flag that takes a positive integer: its value (default when absent or given
+    bare), or one error line and exit 2."""
+    value = args.flags.get(name)
+    if value is None or value is True:
+        return default
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        fail(f"option '--{name}' must be a positive integer; got {value!r}")
+    return n
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """Execute a python config file (nanoGPT style) and take its public, non-module globals."""
     if not os.path.isfile(path):

@@ -124,14 +124,7 @@ def main(argv=None) -> int:
     from modgpt.config import arch_name
     args = cli.parse(argv, prog="python -m modgpt.flops",
                      extra_flags={"json": "print one JSON object", "seq_len": "sequence length (default block_size)"})
-    seq = args.flags.get("seq_len")
-    try:
-        seq = int(seq) if seq not in (None, True) else None
-        if seq is not None and seq < 1:
-            raise ValueError
-    except ValueError:
-        cli.fail(f"option '--seq_len' must be a positive integer, got {args.flags.get('seq_len')!r}")
-    c = count(args.config.model, seq)
+    c = count(args.config.model, cli.positive_int_flag(args, "seq_len"))
     if args.flags.get("json"):
         print(json.dumps({"arch_name": arch_name(args.config.model), **c.to_dict()}, indent=2))
     else:

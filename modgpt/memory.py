@@ -177,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = args.config
     if cfg.system.size == "auto":
         cfg = cfg.replace(size="none")
-    try:
-        shards = int(args.flags.get("shards", 1))
-        if shards < 1:
-            raise ValueError
-    except (TypeError, ValueError):
-        cli.fail(f"option '--shards' must be a positive integer; got '{args.flags.get('shards')}'")
-    e = estimate(cfg, param_shards=shards)
+    e = estimate(cfg, param_shards=cli.positive_int_flag(args, "shards", 1))
     if args.flags.get("json"):
         json.dump(e.to_dict(), sys.stdout, indent=1)
         print()

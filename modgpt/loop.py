@@ -123,6 +123,36 @@ def check_writable(out_dir: str, cfg: C.Config | None = None) -> None:
                          f"--keep_checkpoints or choose another --out_dir")
 
 
+def host_available_bytes() -> int | None:
+    """The host memory available to a new allocation (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(cfg: C.Config, backend: str, n_devices: int, capacity: int | None, where: str) -> None:
+    """Refuse, before anything is built, a run whose memory floor (modgpt.memory: a lower bound) is
+    larger than each device's memory: it could only fail later, after compilation, with an
+    out-of-memory error. capacity: bytes per device (None: unknown, no check); where: the device in
+    words. MODGPT_MEMORY_CHECK=0 turns the check off."""
+    if not capacity or os.environ.get("MODGPT_MEMORY_CHECK", "1") == "0":
+        return
+    e = MEM.for_run(cfg, backend, n_devices)
+    if e.total <= capacity:
+        return
+    hint = "lower --batch_size (raise --gradient_accumulation_steps to keep the tokens per step)"
+    if backend == "jax" and not e.remat:
+        hint += ", or add --remat=True"
+    raise SetupError(f"this run needs at least {fmt_bytes(e.total)} per device (weights, gradients and AdamW "
+                     f"state {fmt_bytes(e.state)}, activations {fmt_bytes(e.activations)}; python -m modgpt.memory)"
+                     f" but {where} has {fmt_bytes(capacity)}: {hint}; MODGPT_MEMORY_CHECK=0 tries anyway")
+
+
 def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write: bool = True) -> Run:
     """Resolve size/vocab/data/out_dir for a training run; raises SetupError/DataError/ConfigError.
 
@@ -283,6 +313,8 @@ def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak
 def fmt_bytes(n: int | None) -> str:
     if not n:
         return "-"
+    if n >= 2**40:
+        return f"{n / 2**40:.1f}TiB"
     if n >= 2**30:
         return f"{n / 2**30:.2f}GiB"
     return f"{n / 2**20:.0f}MiB" if n >= 2**20 else f"{n / 2**10:.0f}KiB"

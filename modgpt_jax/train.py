@@ -129,6 +129,22 @@ def memory_plan(compiled) -> dict | None:
     return plan
 
 
+def device_capacity() -> tuple[int | None, str]:
+    """(bytes per device, the device in words) for loop.check_memory: an accelerator's memory limit,
+    or on the CPU the host's available memory shared by this process's devices."""
+    import jax
+    dev = jax.local_devices()[0]
+    if dev.platform == "cpu":
+        avail = loop.host_available_bytes()
+        n = jax.local_device_count()
+        return (None if avail is None else avail // n), ("the host" if n == 1 else f"each of the host's {n} CPU devices")
+    try:
+        limit = (dev.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - unsupported on some platforms
+        limit = None
+    return limit, f"a {dev.device_kind}"
+
+
 def peak_memory() -> int | None:
     import jax
     try:
@@ -203,6 +219,7 @@ def main(argv=None) -> int:
             raise loop.SetupError(f"{cfg0.train.init_from} holds {C.arch_name(file_cfg.model)} but the run "
                                   f"asks for {C.arch_name(run.cfg.model)}")
         cfg = run.cfg
+        loop.check_memory(cfg, BACKEND, jax.device_count(), *device_capacity())
         stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
         io.fault("startup", 0)  # test-only hook (a signal while the model is built); no-op otherwise
         sampler = D.BatchSampler(run.data_path, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed,

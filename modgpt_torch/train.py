@@ -183,6 +183,17 @@ def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def device_capacity(device, d: P.Dist) -> tuple[int | None, str]:
+    """(bytes per process, the device in words) for loop.check_memory: the GPU's memory, or on the CPU
+    the host's available memory shared by the processes on it (torchrun's local world size)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return props.total_memory, f"a {props.name}"
+    avail = loop.host_available_bytes()
+    n = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return (None if avail is None else avail // n), ("the host" if n == 1 else f"each of the host's {n} processes")
+
+
 def peak_memory(device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -212,6 +223,7 @@ def main(argv=None) -> int:
         d = P.init(dev_type)
         device = pick_device(args.config, d)
         run, source = do_setup(args, d)
+        guarded(d, lambda: loop.check_memory(run.cfg, BACKEND, d.world, *device_capacity(device, d)))
         stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
         io.fault("startup", 0)  # test-only hook (a signal while the model is built); no-op otherwise
         model, ck = guarded(d, lambda: build(run, source, d))

@@ -103,6 +103,9 @@ def build_case(name, backend, tmp_path, data_dir, reference):
     if name == "vocab_mismatch":
         return mod, args + ["--vocab_size=32"], env, watch, [
             "the data's vocab_size 65", "exceeds the model's vocab_size 32; set --vocab_size=65"]
+    if name == "too_big_for_memory":  # a floor (modgpt.memory) of ~72 TiB: refused before anything is built
+        return mod, args + ["--batch_size=134217728"], env, watch, [
+            "this run needs at least 72.6TiB per device", "python -m modgpt.memory", "lower --batch_size"]
     if name == "resume_without_run":
         return mod, args + ["--init_from=resume"], env, watch, [
             f"cannot resume: '{out}/config.json' not found"]
@@ -150,7 +153,7 @@ def build_case(name, backend, tmp_path, data_dir, reference):
 CASES = ["unknown_option", "wrong_type", "wrong_bool", "unknown_component", "unknown_preset",
          "heads_do_not_divide", "odd_rope_head_dim", "config_file_fails", "config_file_missing",
          "missing_dataset", "missing_data_source", "truncated_train_bin", "corrupt_meta_json",
-         "vocab_mismatch", "resume_without_run", "resume_other_architecture", "resume_other_backend",
+         "vocab_mismatch", "too_big_for_memory", "resume_without_run", "resume_other_architecture", "resume_other_backend",
          "corrupt_checkpoint", "partial_checkpoint", "init_missing_tensor", "init_misshaped_tensor",
          "init_not_safetensors", "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend"]
 

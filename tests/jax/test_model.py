@@ -90,6 +90,22 @@ def test_remat_and_scan_equal_plain(flags, tokens, tiny):
         np.testing.assert_allclose(g1[k], g0[k], atol=1e-6, rtol=1e-5, err_msg=k)
 
 
+def test_remat_lowers_the_step_memory_plan(tiny):
+    """remat must change what XLA plans to keep, not only the jaxpr: the compiled forward+backward of
+    a 4-layer model keeps each block's input and one block's activations. (Checkpointing each block
+    of an unrolled loop left XLA:CPU's plan unchanged; measured 0.33 of the plain plan with the scan.)"""
+    from flax import nnx
+    x = jnp.zeros((16, 64), jnp.int32)
+
+    def temporaries(cfg):
+        g, p = nnx.split(build(cfg, 0), nnx.Param)
+        f = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(g, p)(x), x)))
+        return f.lower(p).compile().memory_analysis().temp_size_in_bytes
+    base = tiny(n_layer=4, block_size=64)
+    plain, remat = temporaries(base), temporaries(base.replace(remat=True))
+    assert remat < 0.5 * plain, (remat, plain)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_canonical_round_trip_bit_exact(scan, tmp_path, tiny):
     cfg = tiny(position_encoding="learned_absolute", ffn_type="glu", scan_layers=scan)

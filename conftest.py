@@ -10,7 +10,7 @@ from modgpt import hostmem
 
 ROOT = pathlib.Path(__file__).resolve().parent
 SHARED = pathlib.Path(os.environ.get("MODGPT_SHARED", ROOT.parent / "shared"))
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = pathlib.Path(os.environ.get("MODGPT_TINYSHAKESPEARE", SHARED / "data" / "tinyshakespeare" / "input.txt"))
 
 # Sharded JAX tests use 8 fake CPU devices; the flag must be set before jax is first imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

@@ -247,14 +247,21 @@ def commit(run: Run) -> None:
     run.committed = True
 
 
-def check_backend(out_dir: str, backend: str) -> None:
-    """Refuse to resume another backend's run (its checkpoint format differs)."""
+def check_backend(out_dir: str, backend: str, reading: bool = False) -> None:
+    """Refuse another backend's run (its checkpoint format differs), naming the command that reads it:
+    the other trainer to resume it, or with reading=True (sample, export) the other sampler/exporter.
+    A missing or unreadable config.json is left to the caller's own checks."""
     import json
-    p = os.path.join(out_dir, CONFIG_NAME)
-    with open(p) as f:
-        saved = json.load(f).get("backend")
+    try:
+        with open(os.path.join(out_dir, CONFIG_NAME)) as f:
+            saved = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return
     if saved and saved != backend:
         other = "modgpt_jax" if saved == "jax" else "modgpt_torch"
+        if reading:
+            raise SetupError(f"out_dir '{out_dir}' holds a {saved} run; sample it with `python -m {other}.sample "
+                             f"--out_dir={out_dir}` (or export it with `python -m {other}.export`)")
         raise SetupError(f"out_dir '{out_dir}' holds a {saved} run; resume it with `python -m {other}.train "
                          f"--init_from=resume --out_dir={out_dir}`, or export it and use --init_from=FILE.safetensors")
 

@@ -16,7 +16,7 @@ def load_model(out_dir: str):
     if not os.path.isfile(cfg_path):
         raise CK.CheckpointError(f"no run in '{out_dir}' ({loop.CONFIG_NAME} not found)")
     try:
-        loop.check_backend(out_dir, BACKEND)
+        loop.check_backend(out_dir, BACKEND, reading=True)
     except loop.SetupError as e:
         raise CK.CheckpointError(str(e)) from None
     if CK.latest_step(out_dir) is None:

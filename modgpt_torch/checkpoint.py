@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from modgpt import config as C
-from modgpt import io
+from modgpt import io, loop
 from modgpt.io import atomic_path
 
 PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
@@ -107,17 +107,11 @@ def load_latest(out_dir: str, map_location="cpu") -> dict:
 
 def load_model(out_dir: str, device="cpu"):
     """(model in eval mode, Config, checkpoint dict) from a run directory's latest checkpoint."""
-    import json
-
     from modgpt_torch.model import ConfigurableGPT
     try:
-        with open(os.path.join(out_dir, "config.json")) as f:
-            backend = json.load(f).get("backend")
-    except (OSError, ValueError):
-        backend = None
-    if backend not in (None, "torch"):
-        raise CheckpointError(f"out_dir '{out_dir}' holds a {backend} run; use python -m modgpt_{backend}.sample "
-                              f"or .export with it")
+        loop.check_backend(out_dir, "torch", reading=True)
+    except loop.SetupError as e:
+        raise CheckpointError(str(e)) from None
     ck = load_latest(out_dir)
     cfg = C.from_dict(ck["config"])
     model = ConfigurableGPT(cfg.model)

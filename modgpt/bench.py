@@ -35,7 +35,7 @@ import time
 from modgpt import cli
 from modgpt.config import arch_name
 from modgpt.io import write_json
-from modgpt.loop import fmt_bytes
+from modgpt.memory import fmt_bytes
 from modgpt.runlog import read
 
 MODULES = {"jax": "modgpt_jax.train", "torch": "modgpt_torch.train", "nanogpt": "modgpt_torch.baseline"}

@@ -16,6 +16,7 @@ from modgpt import flops as F
 from modgpt import hardware as HW
 from modgpt import io
 from modgpt import memory as MEM
+from modgpt.memory import fmt_bytes  # noqa: F401 - used here and by the entry points as loop.fmt_bytes
 from modgpt.io import RunLock, write_json
 from modgpt.presets import resolve_auto_size
 from modgpt.runlog import RunLog
@@ -315,16 +316,6 @@ def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak
                 peak_tflops=peak, dtype=run.cfg.train.dtype, parallel=parallel_desc,
                 tokens_per_iter=tokens_per_iter(run.cfg), versions=versions, resumed=run.resume,
                 memory_floor_bytes=MEM.for_run(run.cfg, backend, n_devices).total, pid=os.getpid())
-
-
-def fmt_bytes(n: int | None) -> str:
-    if not n:
-        return "-"
-    if n >= 2**40:
-        return f"{n / 2**40:.1f}TiB"
-    if n >= 2**30:
-        return f"{n / 2**30:.2f}GiB"
-    return f"{n / 2**20:.0f}MiB" if n >= 2**20 else f"{n / 2**10:.0f}KiB"
 
 
 class Progress:

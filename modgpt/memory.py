@@ -131,6 +131,17 @@ def estimate(cfg: Config, *, batch_per_device: int | None = None, param_shards: 
                     total=sum(e.values()))
 
 
+def fmt_bytes(n: int | None) -> str:
+    """Bytes for people: KiB/MiB/GiB/TiB ("-" for none)."""
+    if not n:
+        return "-"
+    if n >= 2**40:
+        return f"{n / 2**40:.1f}TiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f}GiB"
+    return f"{n / 2**20:.0f}MiB" if n >= 2**20 else f"{n / 2**10:.0f}KiB"
+
+
 def for_run(cfg: Config, backend: str, n_devices: int) -> Estimate:
     """The floor of a training run as the backend lays it out: the global batch split over the
     devices; JAX shards weights, gradients and optimizer state over the mesh's fsdp axis and honours
@@ -149,24 +160,22 @@ def for_run(cfg: Config, backend: str, n_devices: int) -> Estimate:
 
 def summary(e: Estimate) -> str:
     """One line: the floor and its two parts."""
-    from modgpt.loop import fmt_bytes as fmt
-    return (f"{fmt(e.total)} per device (weights, gradients, AdamW state{', compute copy' if e.compute_copy else ''}: "
-            f"{fmt(e.state)}; activations{' with remat' if e.remat else ''}: {fmt(e.activations)}; "
+    return (f"{fmt_bytes(e.total)} per device (weights, gradients, AdamW state{', compute copy' if e.compute_copy else ''}: "
+            f"{fmt_bytes(e.state)}; activations{' with remat' if e.remat else ''}: {fmt_bytes(e.activations)}; "
             f"python -m modgpt.memory)")
 
 
 def report(e: Estimate) -> str:
-    from modgpt.loop import fmt_bytes as fmt
     lines = [f"memory floor of one training step, per device ({e.tokens} tokens per micro batch"
-             f"{', remat' if e.remat else ''}): {fmt(e.total)}"]
+             f"{', remat' if e.remat else ''}): {fmt_bytes(e.total)}"]
     for k in ("params", "grads", "optimizer", "compute_copy", "batch", "activations"):
-        lines.append(f"  {k:<14}{fmt(getattr(e, k)):>10}")
+        lines.append(f"  {k:<14}{fmt_bytes(getattr(e, k)):>10}")
     lines.append("  one layer's activations" + (" (kept by every layer without remat):" if not e.remat else ":"))
     for k, v in e.per_layer.items():
-        lines.append(f"    {k:<20}{fmt(v):>10}")
+        lines.append(f"    {k:<20}{fmt_bytes(v):>10}")
     lines.append("  head:")
     for k, v in e.head.items():
-        lines.append(f"    {k:<20}{fmt(v):>10}")
+        lines.append(f"    {k:<20}{fmt_bytes(v):>10}")
     return "\n".join(lines)
 
 

@@ -48,9 +48,8 @@ def start_two(data_dir, out, *args, fault: str | None = None) -> list:
     return procs
 
 
-def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
-    out = tmp_path / "mp"
-    procs = start_two(data_dir, out)
+def finish(procs) -> list[tuple[str, str]]:
+    """Wait for both processes (killing any still running after 240 s) and check they exited 0."""
     try:
         outs = [p.communicate(timeout=240) for p in procs]
     finally:
@@ -59,6 +58,13 @@ def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
                 p.kill()
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, o[-2000:] + e[-3000:]
+    return outs
+
+
+def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
+    out = tmp_path / "mp"
+    procs = start_two(data_dir, out)
+    outs = finish(procs)
     main_out, other_out = outs[0][0], outs[1][0]
     assert "FSDP: mesh data=1 x fsdp=4 (2 process(es))" in main_out and "cpu x4" in main_out
     assert "iter 0:" in main_out and "iter 0:" not in other_out  # only process 0 reports
@@ -94,13 +100,11 @@ def test_processes_agree_on_stop(data_dir, tmp_path):
         else:
             raise AssertionError("process 1 ended before step 2: " + procs[1].stderr.read()[-3000:])
         procs[1].send_signal(signal.SIGTERM)
-        outs = [p.communicate(timeout=240) for p in procs]
-    finally:
+    except BaseException:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, o[-2000:] + e[-3000:]
+            p.kill()
+        raise
+    outs = finish(procs)
     said = [ln for ln in outs[0][0].splitlines() if ln.startswith("stopped by")]
     assert len(said) == 1 and said[0].startswith("stopped by a signal on another process at iteration 3;"), said
     assert "--init_from=resume" in said[0]

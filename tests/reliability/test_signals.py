@@ -16,19 +16,25 @@ MAX_ITERS = 8
 STOP_AT = 5
 
 
+def stopped_cleanly(p, sig, backend, out, it, h) -> None:
+    """Send sig to the waiting run p; it exits 0 after checkpointing iteration it, says so in one
+    line with the resume command, and ends its log with an `interrupted` record."""
+    p.p.send_signal(sig)
+    rc, rest, err = p.finish()
+    assert rc == 0, err[-3000:]
+    said = [line for line in rest.splitlines() if line.startswith("stopped by")]
+    assert said == [f"stopped by {sig.name} at iteration {it}; saved {h.checkpoint_path(backend, out, it)}; "
+                    f"resume with: python -m modgpt_{backend}.train --init_from=resume --out_dir={out}"], rest
+    end = h.end_record(out)
+    assert end["status"] == "interrupted" and end["iter"] == it
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_checkpoints_and_resumes(backend, runner, reference, h, tmp_path, sig):
     out = str(tmp_path / "run")
     p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", fault=f"step@{STOP_AT - 1}:sleep")
     p.wait_line(lambda s: s.startswith("[test fault]"))
-    p.p.send_signal(sig)
-    rc, rest, err = p.finish()
-    assert rc == 0, err[-3000:]
-    said = [line for line in rest.splitlines() if line.startswith("stopped by")]
-    assert said == [f"stopped by {sig.name} at iteration {STOP_AT}; saved {h.checkpoint_path(backend, out, STOP_AT)}; "
-                    f"resume with: python -m modgpt_{backend}.train --init_from=resume --out_dir={out}"], rest
-    end = h.end_record(out)
-    assert end["status"] == "interrupted" and end["iter"] == STOP_AT
+    stopped_cleanly(p, sig, backend, out, STOP_AT, h)
     assert h.checkpoint_iters(backend, out)[-1] == STOP_AT
     if sig == signal.SIGINT:
         return  # the resume below is the same for both signals; run it once per backend
@@ -47,14 +53,7 @@ def test_signal_during_startup(backend, runner, reference, h, tmp_path):
     p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", fault="startup@0:sleep")
     p.wait_line(lambda s: s.startswith("[test fault]"))
     assert not os.path.exists(out)  # the signal lands before the run's first write
-    p.p.send_signal(signal.SIGTERM)
-    rc, rest, err = p.finish()
-    assert rc == 0, err[-3000:]
-    said = [line for line in rest.splitlines() if line.startswith("stopped by")]
-    assert said == [f"stopped by SIGTERM at iteration 0; saved {h.checkpoint_path(backend, out, 0)}; "
-                    f"resume with: python -m modgpt_{backend}.train --init_from=resume --out_dir={out}"], rest
-    end = h.end_record(out)
-    assert end["status"] == "interrupted" and end["iter"] == 0
+    stopped_cleanly(p, signal.SIGTERM, backend, out, 0, h)
     assert h.checkpoint_iters(backend, out) == [0]
     runner.train(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", "--init_from=resume")
     assert h.losses(out) == h.losses(reference(backend))

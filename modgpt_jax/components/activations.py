@@ -1,4 +1,5 @@
-"""Elementwise activations by name; gated FFNs take their gate function from here too."""
+"""Elementwise activations by name; gated FFNs take their gate function from here too. The FFN wraps
+them (components/backward.recomputed, and `gated` below) so that its backward keeps only their inputs."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 
 from modgpt.config import LEAKY_RELU_SLOPE
 from modgpt.registry import Registry
+from modgpt_jax.components.backward import recomputed
 
 ACTIVATIONS = Registry("activation")
 
@@ -26,3 +28,9 @@ def gelu(x):
 ACTIVATIONS.register("silu")(jax.nn.silu)
 ACTIVATIONS.register("relu")(jax.nn.relu)
 ACTIVATIONS.register("leaky_relu")(functools.partial(jax.nn.leaky_relu, negative_slope=LEAKY_RELU_SLOPE))
+
+
+@functools.lru_cache(maxsize=None)
+def gated(act):
+    """(gate, up) -> act(gate) * up, keeping gate and up for the backward (act(gate) recomputed)."""
+    return recomputed(lambda g, u: act(g) * u)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from modgpt.registry import Registry
+from modgpt_jax.components.backward import fresh
 
 ATTENTION = Registry("attention_backend")
 
@@ -51,7 +52,12 @@ def _causal_fwd(q, k, v, n_blocks):
         s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2),
                        preferred_element_type=jnp.float32)  # (B, nh, c, S) float32
         s = jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
-        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        # P = exp((s - max) - log(sum)), not exp(s - max) / sum: XLA:CPU fused that division into the
+        # backward's use of P and so kept the exponentials as well as P (docs/performance.md, Memory).
+        # Within float32 rounding of the division (mean relative error 1.5e-7 against 0.9e-7);
+        # exp(s - lse) would be coarser (2.6e-7), enough to flip a ReLU kink in the parity suite.
+        s = s - jnp.max(s, axis=-1, keepdims=True)
+        p = jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))).astype(v.dtype)
         ps.append(p)
         ys.append(p @ v[..., :S, :])
     y = jnp.concatenate(ys, axis=-2)
@@ -62,6 +68,7 @@ def _causal_bwd(n_blocks, res, dy):
     """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(dY * Y)),
     dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY (rowsum(dY * Y) = rowsum(P * dP))."""
     qs, k, v, ps, y = res
+    k, v = fresh(k, dy), fresh(v, dy)  # slice k and v anew here, so the forward's slices are freed
     T = qs.shape[-2]
     c = T // n_blocks
     scale = jnp.asarray(1.0 / math.sqrt(qs.shape[-1]), qs.dtype)

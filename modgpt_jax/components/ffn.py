@@ -1,4 +1,7 @@
-"""Feed-forward blocks: standard = proj(act(fc(x))); gated = proj(act(gate(x)) * fc(x))."""
+"""Feed-forward blocks: standard = proj(act(fc(x))); gated = proj(act(gate(x)) * fc(x)).
+
+The backward keeps fc(x) (and gate(x)) and recomputes the activation from them, so a layer keeps
+the hidden-size tensors modgpt.memory counts (2 standard, 3 gated) and no more."""
 from __future__ import annotations
 
 import math
@@ -7,7 +10,8 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt.registry import Registry
-from modgpt_jax.components.activations import ACTIVATIONS
+from modgpt_jax.components.activations import ACTIVATIONS, gated
+from modgpt_jax.components.backward import recomputed
 from modgpt_jax.components.layers import dense
 
 FFNS = Registry("ffn_type")
@@ -29,7 +33,7 @@ class StandardFFN(nnx.Module):
         self.drop = nnx.Dropout(cfg.dropout)
 
     def hidden(self, x_BxTxD):
-        return self.act(self.fc(x_BxTxD))  # (B, T, F)
+        return recomputed(self.act)(self.fc(x_BxTxD))  # (B, T, F)
 
     def __call__(self, x_BxTxD, drop_rngs=None):
         y = self.proj(self.hidden(x_BxTxD))
@@ -42,7 +46,7 @@ class SwiGLU(StandardFFN):
     gated = True
 
     def hidden(self, x_BxTxD):
-        return self.act(self.gate(x_BxTxD)) * self.fc(x_BxTxD)  # (B, T, F)
+        return gated(self.act)(self.gate(x_BxTxD), self.fc(x_BxTxD))  # (B, T, F)
 
 
 @FFNS.register("glu")

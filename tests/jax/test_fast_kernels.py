@@ -17,6 +17,8 @@ import pytest
 from flax import nnx
 
 from modgpt_jax.components import attention as A
+from modgpt_jax.components.activations import ACTIVATIONS, gated
+from modgpt_jax.components.backward import recomputed
 from modgpt_jax.components.layers import dense
 from modgpt_jax.components.norms import layer_norm, rms_norm
 
@@ -56,6 +58,22 @@ def test_causal_attention_matches_autodiff(T, blocks):
     close(y, y_ref)
     for g, g_ref in zip(vjp(dy), vjp_ref(dy)):
         close(g, g_ref, floor=1.0)  # unit-normal inputs
+
+
+def test_causal_attention_keeps_the_probabilities_once():
+    """What the compiled backward of 4 stacked kernel layers keeps: each layer's probability blocks
+    (5/8 of T x T per head), q, k, v and little else, measured 1.65 x the P bytes. It was 2.8 when
+    P = exp(s - max) / sum let XLA keep the exponentials too, and 2.0 when the backward's per-block
+    k/v slices were merged with the forward's (so those were kept as well)."""
+    B, nh, T, hd, L = 2, 4, 256, 16, 4
+
+    def f(x):
+        for _ in range(L):
+            x = x + A.causal_attention(x, x * 0.5, x * 2.0, 4)
+        return jnp.sum(jnp.sin(x))
+    temps = jax.jit(jax.grad(f)).lower(jnp.zeros((B, nh, T, hd))).compile().memory_analysis().temp_size_in_bytes
+    p_bytes = B * nh * (5 * T * T // 8) * 4  # one layer's probability blocks, float32
+    assert temps <= 1.9 * L * p_bytes, temps / (L * p_bytes)
 
 
 def test_causal_attention_grads_are_causal():
@@ -124,3 +142,34 @@ def test_linear_matches_autodiff(n_in, n_out):
     close(gx, rx)
     close(gp["kernel"][...], rp["kernel"][...])
     close(gp["bias"][...], rp["bias"][...])
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu", "relu", "leaky_relu"])
+def test_recomputed_activations_equal_autodiff(name):
+    """recomputed(act) and gated(act) (the FFN's, keeping only their inputs for the backward) give
+    autodiff's values and gradients bit for bit: the backward evaluates autodiff's own derivative
+    at x + 0 * ct, which is x. Checked op by op (eager) and compiled (jit; XLA may fuse the two
+    programs differently, so there within RTOL). Inputs include exact zeros (ReLU's kink)."""
+    act = ACTIVATIONS.get(name)
+    x, u, dy = rand(0, 4, 8, 24) * 3, rand(1, 4, 8, 24), rand(2, 4, 8, 24)
+    x = x.at[0, 0, :4].set(0.0)
+    pairs = [(lambda x, u: recomputed(act)(x) * u, lambda x, u: act(x) * u),
+             (gated(act), lambda g, u: act(g) * u)]
+    for fast, ref in pairs:
+        loss = lambda f: lambda x, u: jnp.sum(f(x, u) * dy)  # noqa: E731
+        got = jax.value_and_grad(loss(fast), argnums=(0, 1))(x, u)
+        want = jax.value_and_grad(loss(ref), argnums=(0, 1))(x, u)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        got = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))(x, u)
+        for a, b in zip(got, want[1]):
+            close(a, b)
+
+
+def test_recomputed_propagates_non_finite_cotangents():
+    """A non-finite cotangent still gives a non-finite gradient (the step's guard then skips it):
+    tying the recomputation to ct (x + 0 * ct) turns inf into nan, never into a finite number."""
+    x = jnp.ones((3,))
+    _, vjp = jax.vjp(recomputed(ACTIVATIONS.get("gelu")), x)
+    g = np.asarray(vjp(jnp.array([1.0, jnp.inf, jnp.nan]))[0])
+    assert np.isfinite(g[0]) and not np.isfinite(g[1]) and not np.isfinite(g[2])

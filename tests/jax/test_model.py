@@ -90,20 +90,40 @@ def test_remat_and_scan_equal_plain(flags, tokens, tiny):
         np.testing.assert_allclose(g1[k], g0[k], atol=1e-6, rtol=1e-5, err_msg=k)
 
 
+def step_temporaries(cfg, batch: int = 16) -> int:
+    """Bytes of temporaries XLA plans for the compiled forward+backward of cfg's model (a fresh
+    trace each call, so patched components are picked up)."""
+    from flax import nnx
+    x = jnp.zeros((batch, cfg.model.block_size), jnp.int32)
+    g, p = nnx.split(build(cfg, 0), nnx.Param)
+    f = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(g, p)(x), x)))
+    return f.lower(p).compile().memory_analysis().temp_size_in_bytes
+
+
 def test_remat_lowers_the_step_memory_plan(tiny):
     """remat must change what XLA plans to keep, not only the jaxpr: the compiled forward+backward of
     a 4-layer model keeps each block's input and one block's activations. (Checkpointing each block
     of an unrolled loop left XLA:CPU's plan unchanged; measured 0.33 of the plain plan with the scan.)"""
-    from flax import nnx
-    x = jnp.zeros((16, 64), jnp.int32)
-
-    def temporaries(cfg):
-        g, p = nnx.split(build(cfg, 0), nnx.Param)
-        f = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(g, p)(x), x)))
-        return f.lower(p).compile().memory_analysis().temp_size_in_bytes
     base = tiny(n_layer=4, block_size=64)
-    plain, remat = temporaries(base), temporaries(base.replace(remat=True))
+    plain, remat = step_temporaries(base), step_temporaries(base.replace(remat=True))
     assert remat < 0.5 * plain, (remat, plain)
+
+
+@pytest.mark.parametrize("ffn_type,activation,extra", [("standard", "gelu", 1), ("swiglu", "silu", 2)])
+def test_ffn_backward_keeps_only_the_activation_inputs(tiny, monkeypatch, ffn_type, activation, extra):
+    """The FFN recomputes its activation in the backward (components/activations.recomputed, gated).
+    With autodiff of the plain formula XLA kept what the derivative reads as well: GELU's erf (one
+    more hidden-size tensor per layer), SiLU's sigmoid and output (two). The compiled plans with the
+    plain formula patched back in must be larger by at least that much for all but one layer (the
+    last layer's backward runs first, so its extra tensors may be transient either way)."""
+    from modgpt_jax.components import ffn as FF
+    cfg = tiny(n_layer=4, block_size=64, ffn_type=ffn_type, activation=activation)
+    kept = step_temporaries(cfg)
+    monkeypatch.setattr(FF, "recomputed", lambda f: f)
+    monkeypatch.setattr(FF, "gated", lambda act: lambda g, u: act(g) * u)
+    plain = step_temporaries(cfg)
+    hidden = 16 * 64 * cfg.model.ffn_hidden_size * 4  # one float32 (B, T, F) tensor
+    assert plain - kept >= extra * (cfg.model.n_layer - 1) * hidden, (plain, kept, hidden)
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -1,0 +1,43 @@
+"""Helpers for hand-written backward passes that keep only what the floor counts (modgpt.memory).
+
+XLA decides what a compiled forward+backward keeps. Two of its habits kept more than the backward
+needs (docs/performance.md, Memory): a backward that recomputes something the forward also
+computed is merged with it, so the forward's buffer is kept after all; and work that depends only
+on forward values (transposed copies for the weight gradients) is scheduled early and kept.
+`fresh` ties such work to the cotangent instead; `recomputed` uses it to recompute an elementwise
+function in the backward.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+
+def fresh(x, ct):
+    """x as a new value tied to the cotangent ct (x + 0 * ct; ct of x's shape, or broadcastable to it
+    along dims that are not sharded): the same numbers, but XLA can neither merge what the backward
+    computes from it with the forward's (common-subexpression elimination would keep the forward's
+    buffer alive) nor compute it before the backward reaches it. 0 * ct is not folded for floats;
+    optimization barriers, the usual tool, are expanded on XLA:CPU before those passes. A non-finite
+    ct makes x non-finite here, and the gradient was non-finite anyway."""
+    return x + 0 * ct.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def recomputed(f):
+    """Elementwise f(*xs) (inputs and output of one shape) with a backward that keeps only xs and
+    recomputes f's intermediates from them: autodiff's gradients of f, evaluated in the backward.
+    Autodiff of f itself keeps what its derivative reads (GELU's erf, SiLU's sigmoid and output):
+    one or two more FFN-hidden-sized tensors per layer (docs/performance.md, Memory)."""
+    @jax.custom_vjp
+    def g(*xs):
+        return f(*xs)
+
+    def fwd(*xs):
+        return f(*xs), xs
+
+    def bwd(xs, ct):
+        return jax.vjp(f, *(fresh(x, ct) for x in xs))[1](ct)
+    g.defvjp(fwd, bwd)
+    return g

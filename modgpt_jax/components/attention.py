@@ -120,6 +120,33 @@ def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation=None)
 
 
+def _probabilities(s):
+    """softmax over the last dim as exp((s - max) - log(sum)): no exponentials left for XLA to keep
+    next to the result (see _causal_fwd)."""
+    s = s - jnp.max(s, axis=-1, keepdims=True)
+    return jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)))
+
+
+@jax.custom_vjp
+def softmax(s):
+    """Softmax over the last dim whose backward keeps only its output P: dS = P * (dP - rowsum(dP * P)).
+    (jax.nn.softmax keeps P too, but XLA then kept the exponentials it is divided from as well, a
+    second T x S tensor per layer.)"""
+    return _probabilities(s)
+
+
+def _softmax_fwd(s):
+    p = _probabilities(s)
+    return p, p
+
+
+def _softmax_bwd(p, dp):
+    return (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 @ATTENTION.register("manual")
 def manual(q, k, v, bias=None, mask=None, dropout=None):
     """Explicit q @ k^T, -inf above the diagonal, float32 softmax, dropout, @ v."""
@@ -131,7 +158,7 @@ def manual(q, k, v, bias=None, mask=None, dropout=None):
         att = att + bias.astype(jnp.float32)
     allowed = causal_mask(T, S) if mask is None else mask
     att = jnp.where(allowed, att, -jnp.inf)
-    att = jax.nn.softmax(att, axis=-1).astype(q.dtype)
+    att = softmax(att).astype(q.dtype)
     if dropout is not None:
         att = dropout(att)
     return jnp.einsum("bnts,bsnh->btnh", att, v)

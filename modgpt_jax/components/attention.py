@@ -40,6 +40,16 @@ def _tn(a, b):
     return jnp.swapaxes(jax.lax.optimization_barrier(bt @ a), -1, -2)
 
 
+def _probabilities(s):
+    """Softmax over the last dim as exp((s - max) - log(sum)), not exp(s - max) / sum: XLA:CPU fused
+    that division into the backward's use of P and so kept the exponentials as well as P
+    (docs/performance.md, Memory). Within float32 rounding of the division (mean relative error
+    1.5e-7 against 0.9e-7); exp(s - lse) would be coarser (2.6e-7), enough to flip a ReLU kink in
+    the parity suite."""
+    s = s - jnp.max(s, axis=-1, keepdims=True)
+    return jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)))
+
+
 def _causal_fwd(q, k, v, n_blocks):
     """q, k, v (B, nh, T, hd). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
     fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work)."""
@@ -52,12 +62,7 @@ def _causal_fwd(q, k, v, n_blocks):
         s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2),
                        preferred_element_type=jnp.float32)  # (B, nh, c, S) float32
         s = jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
-        # P = exp((s - max) - log(sum)), not exp(s - max) / sum: XLA:CPU fused that division into the
-        # backward's use of P and so kept the exponentials as well as P (docs/performance.md, Memory).
-        # Within float32 rounding of the division (mean relative error 1.5e-7 against 0.9e-7);
-        # exp(s - lse) would be coarser (2.6e-7), enough to flip a ReLU kink in the parity suite.
-        s = s - jnp.max(s, axis=-1, keepdims=True)
-        p = jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True))).astype(v.dtype)
+        p = _probabilities(s).astype(v.dtype)
         ps.append(p)
         ys.append(p @ v[..., :S, :])
     y = jnp.concatenate(ys, axis=-2)
@@ -118,13 +123,6 @@ def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     if mask is None:
         return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation=None)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation=None)
-
-
-def _probabilities(s):
-    """softmax over the last dim as exp((s - max) - log(sum)): no exponentials left for XLA to keep
-    next to the result (see _causal_fwd)."""
-    s = s - jnp.max(s, axis=-1, keepdims=True)
-    return jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)))
 
 
 @jax.custom_vjp

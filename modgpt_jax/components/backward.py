@@ -1,11 +1,10 @@
 """Helpers for hand-written backward passes that keep only what the floor counts (modgpt.memory).
 
-XLA decides what a compiled forward+backward keeps. Two of its habits kept more than the backward
-needs (docs/performance.md, Memory): a backward that recomputes something the forward also
-computed is merged with it, so the forward's buffer is kept after all; and work that depends only
-on forward values (transposed copies for the weight gradients) is scheduled early and kept.
-`fresh` ties such work to the cotangent instead; `recomputed` uses it to recompute an elementwise
-function in the backward.
+XLA decides what a compiled forward+backward keeps. A backward that recomputes something the
+forward also computed (an activation, a slice) is merged with it by common-subexpression
+elimination, so the forward's buffer is kept after all (docs/performance.md, Memory). `fresh` ties
+such work to the cotangent instead; `recomputed` uses it to recompute an elementwise function in
+the backward.
 """
 from __future__ import annotations
 
@@ -15,8 +14,8 @@ import jax
 
 
 def fresh(x, ct):
-    """x as a new value tied to the cotangent ct (x + 0 * ct; ct of x's shape, or broadcastable to it
-    along dims that are not sharded): the same numbers, but XLA can neither merge what the backward
+    """x as a new value tied to the cotangent ct of x's shape (x + 0 * ct, elementwise, so no
+    communication under any sharding): the same numbers, but XLA can neither merge what the backward
     computes from it with the forward's (common-subexpression elimination would keep the forward's
     buffer alive) nor compute it before the backward reaches it. 0 * ct is not folded for floats;
     optimization barriers, the usual tool, are expanded on XLA:CPU before those passes. A non-finite

@@ -15,8 +15,8 @@ choose to recompute (issue 8: peak device memory within 10% of it):
   Per layer and token, in the compute dtype unless noted: the norm input (plus float32 mean/rstd
   statistics), the qkv input, the q, k, v the attention kernel reads (the pre-norm q and k too
   under qk_norm), the attention output (which is also the output projection's input) and its float32
-  log-sum-exp per head (a flash-style kernel; the `manual` backend and attention dropout keep the
-  T x S probabilities instead), the second norm input and the FFN input, the FFN hidden tensors
+  log-sum-exp per head (a flash-style kernel, with or without dropout; the `manual` backend keeps
+  the T x S probabilities instead), the second norm input and the FFN input, the FFN hidden tensors
   (standard: the activation's input and output; gated: gate, up and their product) and one byte
   per element for each dropout mask. Then the final norm and LM-head input, and the float32
   logits with their gradient (B x T x V each: at GPT-2's vocabulary, more than all 12 layers).
@@ -80,7 +80,7 @@ def layer_activations(m: ModelConfig, T: int, a: int) -> dict:
     }
     if m.qk_norm:
         out["qk_norm"] = a * (H + KV) * hd + F32 * NORM_STATS[m.normalization] * (H + KV)
-    if m.attention_backend == "manual" or drop:
+    if m.attention_backend == "manual":
         out["attention_probs"] = a * H * T  # the full T x S square, as the manual path computes it
     else:
         out["attention_lse"] = F32 * H

@@ -15,6 +15,7 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt_jax.components import ATTENTION, FFNS, NORMS, POSITIONS
+from modgpt_jax.components.dropout import AttentionDropout, Dropout
 from modgpt_jax.components.layers import dense, embed
 
 LAYER_AXIS = "layers"  # logical name of the stacked-layer dim when scan_layers=True
@@ -38,8 +39,8 @@ class CausalSelfAttention(nnx.Module):
             self.k_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
         self.qk_norm = cfg.qk_norm
         self.proj = dense(D, D, cfg.bias, cfg.init_std / math.sqrt(2 * cfg.n_layer), ("heads", "embed"), rngs)
-        self.attn_drop = nnx.Dropout(cfg.dropout)
-        self.resid_drop = nnx.Dropout(cfg.dropout)
+        self.attn_drop = Dropout(cfg.dropout)  # its rate; the kernel draws the mask (AttentionDropout)
+        self.resid_drop = Dropout(cfg.dropout)
         self.kernel = ATTENTION.get(cfg.attention_backend)
         self.pos = pos  # param-free hooks object (static)
         self.p_drop = cfg.dropout
@@ -54,9 +55,7 @@ class CausalSelfAttention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.pos.rotate(q, k, pos_T)
         k_att, k_res = _split(key, 2)
-        drop = None
-        if key is not None and self.p_drop > 0:
-            drop = lambda a: self.attn_drop(a, deterministic=False, rngs=k_att)  # noqa: E731
+        drop = AttentionDropout(self.attn_drop.rate, k_att) if key is not None and self.p_drop > 0 else None
         y = self.kernel(q, k, v, self.pos.bias(T), mask, drop).reshape(B, T, D)
         return self.resid_drop(self.proj(y), deterministic=key is None, rngs=k_res)
 
@@ -110,7 +109,7 @@ class GPT(nnx.Module):
             self.wte = embed(cfg.vocab_size, cfg.n_embd, cfg.init_std, ("vocab", "embed"), rngs)
             rows = Pos.embedding_rows(cfg)
             self.wpe = embed(rows, cfg.n_embd, cfg.init_std, ("positions", "embed"), rngs) if rows else None
-            self.drop = nnx.Dropout(cfg.dropout)
+            self.drop = Dropout(cfg.dropout)
             # the same draws in the same order either way, so scan and plain models start identical
             blocks = [Block(cfg, self.pos, rngs=rngs) for _ in range(cfg.n_layer)]
             self.blocks = _stack_blocks(blocks) if scan_layers else nnx.List(blocks)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from modgpt.registry import Registry
 from modgpt_jax.components.backward import fresh
+from modgpt_jax.components.dropout import drop, fusable
 
 ATTENTION = Registry("attention_backend")
 
@@ -50,9 +51,19 @@ def _probabilities(s):
     return jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)))
 
 
-def _causal_fwd(q, k, v, n_blocks):
+def _dropped(p, key, rate, row, T):
+    """Attention dropout of the probability block p (B, nh, c, S) whose first row is `row`: the
+    block's window of the (B, nh, T, T) mask the manual path draws, so both paths drop the same."""
+    if not rate:
+        return p
+    return drop(p, key, rate, (0, 0, row, 0), p.shape[:2] + (T, T))
+
+
+def _causal_fwd(q, k, v, n_blocks, rate, key):
     """q, k, v (B, nh, T, hd). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
-    fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work)."""
+    fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work).
+    rate > 0: attention dropout on P with `key`; the backward draws the masks again instead of
+    keeping them (an elementwise hash XLA fuses into the matmul inputs; dropout.keep_mask)."""
     T = q.shape[-2]
     c = T // n_blocks
     qs = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
@@ -64,15 +75,17 @@ def _causal_fwd(q, k, v, n_blocks):
         s = jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
         p = _probabilities(s).astype(v.dtype)
         ps.append(p)
-        ys.append(p @ v[..., :S, :])
+        ys.append(_dropped(p, key, rate, i * c, T) @ v[..., :S, :])
     y = jnp.concatenate(ys, axis=-2)
-    return y, (qs, k, v, ps, y)
+    return y, (qs, k, v, ps, y, key)
 
 
-def _causal_bwd(n_blocks, res, dy):
+def _causal_bwd(n_blocks, rate, res, dy):
     """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(dY * Y)),
-    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY (rowsum(dY * Y) = rowsum(P * dP))."""
-    qs, k, v, ps, y = res
+    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY (rowsum(dY * Y) = rowsum(P * dP)).
+    With dropout, Y = drop(P) V: dV = drop(P)^T dY and dP = drop(dY V^T) (the same mask and
+    scale), and rowsum(P * dP) is still rowsum(dY * Y)."""
+    qs, k, v, ps, y, key = res
     k, v = fresh(k, dy), fresh(v, dy)  # slice k and v anew here, so the forward's slices are freed
     T = qs.shape[-2]
     c = T // n_blocks
@@ -83,41 +96,56 @@ def _causal_bwd(n_blocks, res, dy):
         S = (i + 1) * c
         p, dyi = ps[i], dy[..., i * c:S, :]
         dp = jnp.matmul(dyi, jnp.swapaxes(v[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
+        if rate:  # drop(P) anew (fresh: not merged with the forward's, which is then freed)
+            pd = _dropped(fresh(p, dp), key, rate, i * c, T)
+            dp = _dropped(dp, key, rate, i * c, T)
+        else:
+            pd = p
         ds = (p.astype(jnp.float32) * (dp - delta[..., i * c:S, :])).astype(qs.dtype)  # (B, nh, c, S)
         dq.append((ds @ k[..., :S, :]) * scale)
         pad = [(0, 0)] * (qs.ndim - 2) + [(0, T - S), (0, 0)]  # keys past S got nothing from block i
         dk = dk + jnp.pad(_tn(ds, qs[..., i * c:S, :]), pad)
-        dv = dv + jnp.pad(_tn(p, dyi), pad)
-    return jnp.concatenate(dq, axis=-2), dk, dv
+        dv = dv + jnp.pad(_tn(pd, dyi), pad)
+    return jnp.concatenate(dq, axis=-2), dk, dv, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def causal_attention(q, k, v, n_blocks: int = 1):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _causal(q, k, v, n_blocks, rate, key):
+    return _causal_fwd(q, k, v, n_blocks, rate, key)[0]
+
+
+_causal.defvjp(_causal_fwd, _causal_bwd)
+
+
+def causal_attention(q, k, v, n_blocks: int = 1, dropout=None):
     """Causal softmax attention on (B, nh, T, hd), T == S, scale 1/sqrt(hd), float32 softmax, with a
-    hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks."""
-    return _causal_fwd(q, k, v, n_blocks)[0]
+    hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks.
+    dropout: an AttentionDropout (rate and key) applied to the probabilities."""
+    if dropout is None:
+        return _causal(q, k, v, n_blocks, 0.0, None)
+    return _causal(q, k, v, n_blocks, dropout.rate, dropout.key)
 
 
-causal_attention.defvjp(_causal_fwd, _causal_bwd)
-
-
-def cpu_causal(q, k, v):
+def cpu_causal(q, k, v, dropout=None):
     """(B, T, nh, hd) wrapper of causal_attention (kv heads repeated for grouped-query)."""
     if k.shape[2] != q.shape[2]:
         k, v = (jnp.repeat(t, q.shape[2] // k.shape[2], axis=2) for t in (k, v))
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-    return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2])), 1, 2)
+    return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2]), dropout), 1, 2)
 
 
 @ATTENTION.register("sdpa")
 def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     """jax.nn.dot_product_attention: cuDNN flash on GPU when it applies. On CPU, plain causal
     training attention runs causal_attention instead (XLA's composite was about 2x slower here,
-    docs/performance.md); same function, float32 softmax."""
-    if dropout is not None:  # the fused kernel has no attention dropout: use the explicit path
-        return manual(q, k, v, bias, mask, dropout)
+    docs/performance.md); same function, float32 softmax. With attention dropout: on CPU
+    causal_attention (the same masks as manual's), elsewhere manual (the fused kernel has none)."""
     if bias is None and mask is None and jax.default_backend() == "cpu":
-        return cpu_causal(q, k, v)
+        B, T, nh = q.shape[:3]
+        if dropout is None or fusable(dropout.key, (B, nh, T, T)):
+            return cpu_causal(q, k, v, dropout)
+    if dropout is not None:
+        return manual(q, k, v, bias, mask, dropout)
     if bias is not None:
         bias = jnp.broadcast_to(bias, (q.shape[2],) + bias.shape[-2:])[None].astype(q.dtype)
     if mask is None:

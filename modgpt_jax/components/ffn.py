@@ -12,6 +12,7 @@ from modgpt.config import ModelConfig
 from modgpt.registry import Registry
 from modgpt_jax.components.activations import ACTIVATIONS, gated
 from modgpt_jax.components.backward import recomputed
+from modgpt_jax.components.dropout import Dropout
 from modgpt_jax.components.layers import dense
 
 FFNS = Registry("ffn_type")
@@ -30,7 +31,7 @@ class StandardFFN(nnx.Module):
             self.gate = dense(D, F, cfg.bias, cfg.init_std, ("embed", "mlp"), rngs)
         # residual projection: GPT-2's scaled init
         self.proj = dense(F, D, cfg.bias, cfg.init_std / math.sqrt(2 * cfg.n_layer), ("mlp", "embed"), rngs)
-        self.drop = nnx.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def hidden(self, x_BxTxD):
         return recomputed(self.act)(self.fc(x_BxTxD))  # (B, T, F)

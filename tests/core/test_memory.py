@@ -69,6 +69,11 @@ def test_components_change_the_count():
     drop = memory.estimate(cfg(dropout=0.1))
     assert drop.per_layer["dropout_masks"] == B * T * (H * T + 2 * D) and drop.head["dropout_masks"] == B * T * D
     assert base.activations < drop.activations
+    # a flash-style kernel drops its probabilities without keeping them: the sdpa floor keeps the
+    # log-sum-exp under dropout (the masks are counted above), the manual one the T x S square
+    assert "attention_lse" in drop.per_layer and "attention_probs" not in drop.per_layer
+    manual_drop = memory.estimate(cfg(dropout=0.1, attention_backend="manual"))
+    assert manual_drop.per_layer["attention_probs"] == manual.per_layer["attention_probs"]
 
 
 def test_sharding_and_accumulation():

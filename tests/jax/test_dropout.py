@@ -1,0 +1,123 @@
+"""Dropout masks drawn by modgpt_jax/components/dropout.py: jax.random.bernoulli's bits, without
+XLA:CPU's rolled threefry loop, and the causal kernel's attention dropout.
+
+The masks must be bernoulli's bit for bit (runs, resumes and meshes draw what they drew before;
+the sharded tests in test_sharding.py train with dropout on four meshes). The kernel's attention
+dropout must equal the manual path's: the same mask, so the same numbers up to the kernel's
+summation order (RTOL of test_fast_kernels.py, which gives its reasoning).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from modgpt_jax.components import attention as A
+from modgpt_jax.components.dropout import AttentionDropout, Dropout, drop, fusable, keep_mask
+
+from .test_fast_kernels import close, rand
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 11), (2, 3, 64, 64)])
+@pytest.mark.parametrize("keep", [0.9, 0.5, 1e-3])
+def test_keep_mask_is_jax_bernoulli(shape, keep):
+    for seed in (0, 1, 2**31 + 5):
+        key = jax.random.key(seed)
+        want = np.asarray(jax.random.bernoulli(key, keep, shape))
+        assert np.array_equal(np.asarray(keep_mask(key, keep, shape)), want)
+        jitted = jax.jit(keep_mask, static_argnums=(1, 2))
+        assert np.array_equal(np.asarray(jitted(key, keep, shape)), want)
+    if want.size > 10_000:  # a real draw, neither all kept nor all dropped
+        assert 0 < want.sum() < want.size
+
+
+def test_windows_are_slices_of_the_full_mask():
+    key, full = jax.random.key(3), (2, 3, 64, 64)
+    whole = np.asarray(keep_mask(key, 0.7, full))
+    for start, shape in [((0, 0, 16, 0), (2, 3, 16, 32)), ((1, 2, 48, 5), (1, 1, 16, 59)), ((0,) * 4, full)]:
+        window = np.asarray(keep_mask(key, 0.7, shape, start, full))
+        assert np.array_equal(window, whole[tuple(slice(o, o + n) for o, n in zip(start, shape))])
+
+
+def test_other_prngs_fall_back_to_bernoulli():
+    """Keys keep_mask cannot reproduce (here the rbg generator) get jax.random.bernoulli itself;
+    a window of such a mask cannot be drawn alone, and asking for one is an error."""
+    key = jax.random.key(0, impl="rbg")
+    assert not fusable(key, (4, 8))
+    assert np.array_equal(np.asarray(keep_mask(key, 0.5, (4, 8))),
+                          np.asarray(jax.random.bernoulli(key, 0.5, (4, 8))))
+    with pytest.raises(ValueError, match="window"):
+        keep_mask(key, 0.5, (2, 8), (0, 0), (4, 8))
+    assert not fusable(jax.random.key(0), (2**16, 2**16))  # counters past 32 bits
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_module_equals_nnx(rate):
+    x = rand(0, 4, 16, 8) + 2.0
+    key = jax.random.key(7)
+    got = Dropout(rate)(x, deterministic=False, rngs=key)
+    want = nnx.Dropout(rate)(x, deterministic=False, rngs=key)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    dropped = np.asarray(got) == 0
+    assert 0 < dropped.mean() < 1
+    assert np.array_equal(np.asarray(Dropout(rate)(x, deterministic=True, rngs=key)), np.asarray(x))
+    assert np.array_equal(np.asarray(Dropout(1.0)(x, deterministic=False, rngs=key)), np.zeros(x.shape))
+
+
+def causal_inputs(n_kv=4):
+    return rand(0, 2, 64, 4, 8), rand(1, 2, 64, n_kv, 8), rand(2, 2, 64, n_kv, 8)
+
+
+@pytest.mark.parametrize("n_kv", [4, 2])
+def test_kernel_dropout_equals_manual(n_kv):
+    """sdpa on CPU with attention dropout runs the causal kernel, which draws each query block's
+    window of the mask; values and gradients equal the manual path, which drops the whole T x T."""
+    assert jax.default_backend() == "cpu"
+    q, k, v = causal_inputs(n_kv)
+    d = AttentionDropout(0.3, jax.random.key(11))
+    f = lambda kern, d: lambda q, k, v: jnp.sum(jnp.sin(kern(q, k, v, dropout=d)))  # noqa: E731
+    close(A.sdpa(q, k, v, dropout=d), A.manual(q, k, v, dropout=d))
+    for g, g_ref in zip(jax.grad(f(A.sdpa, d), argnums=(0, 1, 2))(q, k, v),
+                        jax.grad(f(A.manual, d), argnums=(0, 1, 2))(q, k, v)):
+        close(g, g_ref)
+    # and the dropout is real: without it the output differs by O(1)
+    assert np.abs(np.asarray(A.sdpa(q, k, v, dropout=d) - A.sdpa(q, k, v))).max() > 0.1
+
+
+def test_kernel_dropout_uses_the_mask_it_draws():
+    """dV is drop(P)^T dY: with value gradients taken through a single query row, a key position
+    the mask drops for that row (and every head) gets exactly zero gradient, a kept one does not."""
+    q, k, v = (rand(i, 1, 64, 1, 8) for i in range(3))
+    d = AttentionDropout(0.5, jax.random.key(2))
+    gv = jax.grad(lambda v: A.sdpa(q, k, v, dropout=d)[0, 63].sum())(v)
+    kept = np.asarray(keep_mask(d.key, 0.5, (1, 1, 64, 64)))[0, 0, 63]
+    assert 0 < kept.sum() < 64
+    assert np.all(np.asarray(gv)[0, ~kept] == 0) and np.all(np.asarray(gv)[0, kept] != 0)
+
+
+def test_kernel_dropout_keeps_the_probabilities_once():
+    """With attention dropout the kernel keeps what it keeps without (the probability blocks), not
+    the masks nor the dropped blocks: the backward draws the masks again and drops P anew. Measured
+    1.74 / 1.65 of the probability bytes; jax.random.bernoulli's masks kept 8 bytes of threefry
+    words per probability, and the dropped blocks merged with the forward's kept 4 more."""
+    B, nh, T, hd, L = 2, 4, 256, 16, 4
+    p_bytes = B * nh * (5 * T * T // 8) * 4
+
+    def temps(rate):
+        def f(x, key):
+            for i in range(L):
+                d = AttentionDropout(rate, jax.random.fold_in(key, i)) if rate else None
+                x = x + A.causal_attention(x, x * 0.5, x * 2.0, 4, d)
+            return jnp.sum(jnp.sin(x))
+        c = jax.jit(jax.grad(f)).lower(jnp.zeros((B, nh, T, hd)), jax.random.key(0)).compile()
+        return c.memory_analysis().temp_size_in_bytes
+    assert temps(0.2) <= 1.9 * L * p_bytes, temps(0.2) / (L * p_bytes)
+    assert temps(0.2) <= temps(0.0) + 0.15 * L * p_bytes
+
+
+def test_drop_scales_like_nnx():
+    x = jnp.ones((1000,))
+    y = np.asarray(drop(x, jax.random.key(0), 0.2))
+    assert set(np.unique(y)) == {0.0, np.float32(1.0) / np.float32(0.8)}

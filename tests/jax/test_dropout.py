@@ -121,3 +121,16 @@ def test_drop_scales_like_nnx():
     x = jnp.ones((1000,))
     y = np.asarray(drop(x, jax.random.key(0), 0.2))
     assert set(np.unique(y)) == {0.0, np.float32(1.0) / np.float32(0.8)}
+
+
+def test_model_sdpa_equals_manual_with_dropout(tiny, tokens):
+    """A whole model in train mode: the CPU kernel (sdpa) and manual draw the same attention masks
+    from the same per-layer keys, so logits agree (kernel summation order: test_model's
+    test_sdpa_equals_manual tolerance), and differ from eval mode."""
+    from modgpt_jax.model import build
+    cfg = tiny(dropout=0.2)
+    x, key = jnp.asarray(tokens), jax.random.key(4)
+    a = build(cfg.replace(attention_backend="sdpa"), 0)(x, key)
+    b = build(cfg.replace(attention_backend="manual"), 0)(x, key)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=1e-5)
+    assert np.abs(np.asarray(a) - np.asarray(build(cfg, 0)(x))).max() > 1e-2

@@ -70,17 +70,20 @@ def test_jit_equals_eager(tokens, tiny):
     np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
 @pytest.mark.parametrize("flags", [dict(remat=True), dict(scan_layers=True), dict(remat=True, scan_layers=True)])
-def test_remat_and_scan_equal_plain(flags, tokens, tiny):
-    """Same seed -> same draws; forward and gradients agree (scan compiles one block, remat recomputes)."""
+def test_remat_and_scan_equal_plain(flags, dropout, tokens, tiny):
+    """Same seed -> same draws; forward and gradients agree (scan compiles one block, remat recomputes,
+    and with dropout both draw each layer's masks from the same key, remat twice)."""
     from flax import nnx
-    base = tiny(position_encoding="rope", ffn_type="swiglu", n_layer=3)
+    base = tiny(position_encoding="rope", ffn_type="swiglu", n_layer=3, dropout=dropout)
     x, y = jnp.asarray(tokens), jnp.asarray(np.roll(tokens, -1, axis=1))
+    key = jax.random.key(5) if dropout else None
 
     def loss_and_grads(cfg):
         model = build(cfg, 0)
         g, p = nnx.split(model, nnx.Param)
-        loss, grads = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(g, p)(x), y)))(p)
+        loss, grads = jax.jit(jax.value_and_grad(lambda p: cross_entropy(nnx.merge(g, p)(x, key), y)))(p)
         nnx.update(model, grads)  # grads in the model's layout -> canonical names
         return float(loss), to_canonical(model)
     l0, g0 = loss_and_grads(base)

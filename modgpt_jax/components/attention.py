@@ -142,7 +142,7 @@ def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     causal_attention (the same masks as manual's), elsewhere manual (the fused kernel has none)."""
     if bias is None and mask is None and jax.default_backend() == "cpu":
         B, T, nh = q.shape[:3]
-        if dropout is None or fusable(dropout.key, (B, nh, T, T)):
+        if dropout is None or fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate):
             return cpu_causal(q, k, v, dropout)
     if dropout is not None:
         return manual(q, k, v, bias, mask, dropout)

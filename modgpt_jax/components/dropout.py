@@ -41,16 +41,19 @@ def threefry2x32(k1, k2, x1, x2):
     return x1, x2
 
 
-def fusable(key, shape) -> bool:
+def fusable(key, shape, keep: float = 0.5) -> bool:
     """Whether keep_mask draws this key's masks itself (a threefry key, JAX's default partitionable
-    counters, fewer than 2**32 elements); otherwise it calls jax.random.bernoulli."""
+    counters, 32-bit floats (no jax_enable_x64), a Python float `keep`, fewer than 2**32 elements);
+    otherwise it calls jax.random.bernoulli."""
     impl = jax.random.key_impl(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else None
     return (str(impl) == "threefry2x32" and jax.config.jax_threefry_partitionable
+            and not jax.config.jax_enable_x64 and isinstance(keep, (float, int))
             and key.shape == () and 0 < math.prod(shape) < 2**32)
 
 
 def keep_mask(key, keep: float, shape, start=None, full=None):
-    """bool mask, True with probability `keep`: jax.random.bernoulli(key, keep, shape), bit for bit.
+    """bool mask, True with probability `keep` (a Python float): jax.random.bernoulli(key, keep,
+    shape), bit for bit.
 
     With `full` and `start`: the window of shape `shape` at offset `start` of the mask of shape
     `full`, computed without the rest (for kernels that work on blocks of a tensor).
@@ -58,7 +61,7 @@ def keep_mask(key, keep: float, shape, start=None, full=None):
     the 32 random bits are the xor of the hash's two output words, the uniform draw is their top 23
     bits as a float in [0, 1), kept when below keep (JAX's partitionable threefry and uniform)."""
     full = tuple(shape) if full is None else tuple(full)
-    if not fusable(key, full):
+    if not fusable(key, full, keep):
         if full != tuple(shape):
             raise ValueError(f"keep_mask: a window of a mask needs a threefry key and fewer than 2**32 "
                              f"elements (got {jax.random.key_impl(key)}, {full})")
@@ -76,7 +79,9 @@ def keep_mask(key, keep: float, shape, start=None, full=None):
 
 def drop(x, key, rate: float, start=None, full=None):
     """Inverted dropout of x (or of the window of a `full`-shaped tensor at `start`): x / (1 - rate)
-    where kept, 0 elsewhere; the arithmetic of nnx.Dropout."""
+    where kept, 0 elsewhere; the arithmetic of nnx.Dropout (rate 1: zeros, no 0/0 in the gradient)."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
     keep = 1.0 - rate
     return jax.lax.select(keep_mask(key, keep, x.shape, start, full), x / keep, jnp.zeros_like(x))
 
@@ -96,7 +101,7 @@ class Dropout(nnx.Dropout):
 
     def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
         off = self.deterministic if deterministic is None else deterministic
-        if (off or self.rate in (0.0, 1.0) or not isinstance(rngs, jax.Array) or self.broadcast_dims
+        if (off is None or off or self.rate in (0.0, 1.0) or not isinstance(rngs, jax.Array) or self.broadcast_dims
                 or not jnp.issubdtype(rngs.dtype, jax.dtypes.prng_key)):
             return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
         return drop(inputs, rngs, self.rate)

@@ -51,6 +51,17 @@ def test_other_prngs_fall_back_to_bernoulli():
     with pytest.raises(ValueError, match="window"):
         keep_mask(key, 0.5, (2, 8), (0, 0), (4, 8))
     assert not fusable(jax.random.key(0), (2**16, 2**16))  # counters past 32 bits
+    assert not fusable(jax.random.key(0), (4, 8), jnp.float32(0.5))  # an array keep: bernoulli's dtype rules
+
+
+def test_x64_falls_back_to_bernoulli():
+    """Under jax_enable_x64 bernoulli draws float64 uniforms from 64-bit words: not keep_mask's."""
+    key = jax.random.key(1)
+    with jax.enable_x64(True):
+        assert not fusable(key, (4, 8))
+        assert np.array_equal(np.asarray(keep_mask(key, 0.5, (4, 8))),
+                              np.asarray(jax.random.bernoulli(key, 0.5, (4, 8))))
+    assert fusable(key, (4, 8))
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
@@ -64,6 +75,10 @@ def test_dropout_module_equals_nnx(rate):
     assert 0 < dropped.mean() < 1
     assert np.array_equal(np.asarray(Dropout(rate)(x, deterministic=True, rngs=key)), np.asarray(x))
     assert np.array_equal(np.asarray(Dropout(1.0)(x, deterministic=False, rngs=key)), np.zeros(x.shape))
+    with pytest.raises(ValueError, match="deterministic"):  # nnx's error when neither says
+        Dropout(rate, deterministic=None)(x, rngs=key)
+    g = jax.grad(lambda x: drop(x, key, 1.0).sum())(x)  # rate 1: zero gradient, not 0/0
+    assert np.array_equal(np.asarray(g), np.zeros(x.shape))
 
 
 def causal_inputs(n_kv=4):

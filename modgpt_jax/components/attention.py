@@ -186,5 +186,28 @@ def manual(q, k, v, bias=None, mask=None, dropout=None):
     att = jnp.where(allowed, att, -jnp.inf)
     att = softmax(att).astype(q.dtype)
     if dropout is not None:
-        att = dropout(att)
+        return _dropped_attend(att, v, dropout.key, dropout.rate)
     return jnp.einsum("bnts,bsnh->btnh", att, v)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dropped_attend(p, v, key, rate):
+    """drop(P) @ V for the manual path, (B, nh, T, S) x (B, S, nh, hd), with a backward that keeps P
+    (the softmax keeps it anyway) and drops it again rather than keeping drop(P) too: dV =
+    drop(P)^T dY, dP = drop(dY V^T), the masks drawn again from the key (dropout.keep_mask)."""
+    return jnp.einsum("bnts,bsnh->btnh", drop(p, key, rate), v)
+
+
+def _dropped_attend_fwd(p, v, key, rate):
+    return _dropped_attend(p, v, key, rate), (p, v, key)
+
+
+def _dropped_attend_bwd(rate, res, dy):
+    p, v, key = res
+    dyt, vt = jnp.swapaxes(dy, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, nh, T, hd), (B, nh, S, hd)
+    dpd = dyt @ jnp.swapaxes(vt, -1, -2)
+    pd = drop(fresh(p, dpd), key, rate)  # fresh: not merged with the forward's drop(P), which is freed
+    return drop(dpd, key, rate), jnp.swapaxes(_tn(pd, dyt), 1, 2), None
+
+
+_dropped_attend.defvjp(_dropped_attend_fwd, _dropped_attend_bwd)

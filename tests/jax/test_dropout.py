@@ -132,6 +132,42 @@ def test_kernel_dropout_keeps_the_probabilities_once():
     assert temps(0.2) <= temps(0.0) + 0.15 * L * p_bytes
 
 
+def test_manual_dropout_matches_autodiff():
+    """The manual path's drop(P) @ V (a backward that drops P again instead of keeping drop(P))
+    against autodiff of the plain formula with the same mask, values and gradients."""
+    q, k, v = causal_inputs(2)
+    d = AttentionDropout(0.3, jax.random.key(8))
+    B, T, nh, hd = q.shape
+
+    def plain(q, k, v):
+        kk, vv = (jnp.repeat(t, 2, axis=2) for t in (k, v))
+        s = jnp.einsum("btnh,bsnh->bnts", q, kk) / np.sqrt(hd)
+        s = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, -jnp.inf)
+        keep = keep_mask(d.key, 0.7, (B, nh, T, T))
+        p = jnp.where(keep, jax.nn.softmax(s, axis=-1) / 0.7, 0.0)
+        return jnp.einsum("bnts,bsnh->btnh", p, vv)
+    close(A.manual(q, k, v, dropout=d), plain(q, k, v))
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))  # noqa: E731
+    for g, g_ref in zip(jax.grad(loss(lambda q, k, v: A.manual(q, k, v, dropout=d)), argnums=(0, 1, 2))(q, k, v),
+                        jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)):
+        close(g, g_ref)
+
+
+def test_manual_dropout_keeps_no_dropped_probabilities():
+    """4 stacked manual attention layers with dropout keep what they keep without plus transients:
+    measured 1.95 x one float32 T x T per layer (1.48 without dropout); 2.73 when autodiff of
+    dropout(P) @ V kept drop(P) next to P."""
+    B, nh, T, hd, L = 2, 4, 256, 16, 4
+
+    def f(x, key):
+        for i in range(L):
+            x = x + A.manual(x, x * 0.5, x * 2.0, dropout=AttentionDropout(0.2, jax.random.fold_in(key, i)))
+        return jnp.sum(jnp.sin(x))
+    c = jax.jit(jax.grad(f)).lower(jnp.zeros((B, T, nh, hd)), jax.random.key(0)).compile()
+    ratio = c.memory_analysis().temp_size_in_bytes / (L * B * nh * T * T * 4)
+    assert ratio <= 2.2, ratio
+
+
 def test_drop_scales_like_nnx():
     x = jnp.ones((1000,))
     y = np.asarray(drop(x, jax.random.key(0), 0.2))

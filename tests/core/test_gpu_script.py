@@ -30,15 +30,16 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
     files = sorted(f.name for f in tmp_path.iterdir())
     # torch.compile on the CPU needs a C++ compiler; the smoke skips that stage without one
     compiler = shutil.which("c++") or shutil.which("g++")
-    # every stage (the smoke skips parity_bf16): 9 files; the device tool brings back 8 per call,
-    # which is why the real runs are split into calls of 5, 2 and 3 (.ci/gpu's header)
-    assert len(files) == (9 if compiler else 7) and "env.log" in files, files
-    for stage in ("bench_gpt2", "bench_llama") + (("bench_compile",) if compiler else ()):
+    # every stage (the smoke skips parity_bf16): 11 files; the device tool brings back 8 per call,
+    # which is why the real runs are split into calls of 5, 2, 2 and 3 (.ci/gpu's header)
+    assert len(files) == (11 if compiler else 9) and "env.log" in files, files
+    for stage in ("bench_gpt2", "bench_llama", "bench_dropout") + (("bench_compile",) if compiler else ()):
         rep = json.loads((tmp_path / f"{stage}.json").read_text())
         runs = {r["backend"]: r for r in rep["results"]}
         assert set(runs) == ({"torch"} if stage == "bench_compile" else {"jax", "torch"}), stage
         assert all(r["ms_per_iter"] > 0 for r in runs.values()), stage
         assert "== " + stage + ": exit 0" in (tmp_path / f"{stage}.log").read_text()
+    assert "--dropout=0.1" in " ".join(json.loads((tmp_path / "bench_dropout.json").read_text())["command"])
     if compiler:
         assert "--compile=True" in " ".join(json.loads((tmp_path / "bench_compile.json").read_text())["command"])
     parity = json.loads((tmp_path / "parity.json").read_text())
@@ -50,14 +51,14 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
 def test_unknown_stage_is_refused(tmp_path):
     p = run("benchh", out=tmp_path)
     assert p.returncode == 2
-    assert "unknown stage 'benchh'" in p.stderr and "env, bench, compile, parity" in p.stderr
+    assert "unknown stage 'benchh'" in p.stderr and "env, bench, compile, dropout, parity" in p.stderr
     p = run(out=tmp_path)
     assert p.returncode == 2 and "usage" in p.stderr
     p = run("smoke", "bench", out=tmp_path)
     assert p.returncode == 2 and "takes no others" in p.stderr
 
 
-@pytest.mark.parametrize("stage", ["bench", "compile"])
+@pytest.mark.parametrize("stage", ["bench", "compile", "dropout"])
 def test_real_stages_measure_the_issue_sizes(stage):
     """The non-smoke commands are the ones issue 8 asks for (read from the script: they need a GPU)."""
     text = SCRIPT.read_text()

@@ -47,19 +47,27 @@ def _probe(**env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def probes():
-    return _probe(), _probe(MODGPT_HOST_MALLOC="default")
+def median(faults: list[int]) -> int:
+    return sorted(faults)[len(faults) // 2]
 
 
-def test_freed_blocks_are_reused(probes):
-    tuned, default = probes
-    assert tuned["mode"].startswith("glibc"), tuned["mode"]
+def test_freed_blocks_are_reused():
+    default = _probe(MODGPT_HOST_MALLOC="default")
     assert default["mode"] == "default (MODGPT_HOST_MALLOC=default)"
-    # default: ~50,000 faults on every call (the buffer is 200 MiB = 51,200 pages). Tuned: most calls
-    # reuse the mapped block (0 faults); now and then the heap's layout makes a call grow it once more
+    # default: ~50,000 faults on every call (the buffer is 200 MiB = 51,200 pages)
     assert min(default["faults"]) > 20_000, default
-    assert sorted(tuned["faults"])[3] < 2_000, tuned  # the median call
+    # tuned: most calls reuse the mapped block (0 faults). Now and then the heap's layout makes a call
+    # grow it once more; once in a CI run (1 of 4 that session) three calls in a row did, so the
+    # median call is taken over up to three fresh processes: it must be reused in one of them (with
+    # the setting broken, every call of every process faults ~50,000 pages and this fails)
+    runs = []
+    for _ in range(3):
+        tuned = _probe()
+        assert tuned["mode"].startswith("glibc"), tuned["mode"]
+        runs.append(tuned["faults"])
+        if median(tuned["faults"]) < 2_000:
+            break
+    assert median(runs[-1]) < 2_000, runs
 
 
 def test_environment_allocator_is_left_alone():

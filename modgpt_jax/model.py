@@ -43,7 +43,6 @@ class CausalSelfAttention(nnx.Module):
         self.resid_drop = Dropout(cfg.dropout)
         self.kernel = ATTENTION.get(cfg.attention_backend)
         self.pos = pos  # param-free hooks object (static)
-        self.p_drop = cfg.dropout
 
     def __call__(self, x_BxTxD, pos_T, mask=None, key=None):
         B, T, D = x_BxTxD.shape
@@ -55,7 +54,8 @@ class CausalSelfAttention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.pos.rotate(q, k, pos_T)
         k_att, k_res = _split(key, 2)
-        drop = AttentionDropout(self.attn_drop.rate, k_att) if key is not None and self.p_drop > 0 else None
+        rate = self.attn_drop.rate
+        drop = AttentionDropout(rate, k_att) if key is not None and rate > 0 else None
         y = self.kernel(q, k, v, self.pos.bias(T), mask, drop).reshape(B, T, D)
         return self.resid_drop(self.proj(y), deterministic=key is None, rngs=k_res)
 

@@ -51,12 +51,16 @@ def _probabilities(s):
     return jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)))
 
 
-def _dropped(p, key, rate, row, T):
-    """Attention dropout of the probability block p (B, nh, c, S) whose first row is `row`: the
-    block's window of the (B, nh, T, T) mask the manual path draws, so both paths drop the same."""
-    if not rate:
-        return p
-    return drop(p, key, rate, (0, 0, row, 0), p.shape[:2] + (T, T))
+def _window(p, row, T):
+    """(start, full) of the probability block p (B, nh, c, S) whose first row is `row`, within the
+    (B, nh, T, T) mask the manual path draws: both paths drop the same entries."""
+    return (0, 0, row, 0), p.shape[:2] + (T, T)
+
+
+def _dropped_again(p, dpd, key, rate, start=None, full=None):
+    """The backward of drop(P) @ V on P's side: drop(P) for dV, made anew from `fresh(P)` (not merged
+    with the forward's, which is then freed), and dP = drop(dY V^T) (same mask and scale)."""
+    return drop(fresh(p, dpd), key, rate, start, full), drop(dpd, key, rate, start, full)
 
 
 def _causal_fwd(q, k, v, n_blocks, rate, key):
@@ -75,7 +79,8 @@ def _causal_fwd(q, k, v, n_blocks, rate, key):
         s = jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
         p = _probabilities(s).astype(v.dtype)
         ps.append(p)
-        ys.append(_dropped(p, key, rate, i * c, T) @ v[..., :S, :])
+        pd = drop(p, key, rate, *_window(p, i * c, T)) if rate else p
+        ys.append(pd @ v[..., :S, :])
     y = jnp.concatenate(ys, axis=-2)
     return y, (qs, k, v, ps, y, key)
 
@@ -96,11 +101,9 @@ def _causal_bwd(n_blocks, rate, res, dy):
         S = (i + 1) * c
         p, dyi = ps[i], dy[..., i * c:S, :]
         dp = jnp.matmul(dyi, jnp.swapaxes(v[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
-        if rate:  # drop(P) anew (fresh: not merged with the forward's, which is then freed)
-            pd = _dropped(fresh(p, dp), key, rate, i * c, T)
-            dp = _dropped(dp, key, rate, i * c, T)
-        else:
-            pd = p
+        pd = p
+        if rate:
+            pd, dp = _dropped_again(p, dp, key, rate, *_window(p, i * c, T))
         ds = (p.astype(jnp.float32) * (dp - delta[..., i * c:S, :])).astype(qs.dtype)  # (B, nh, c, S)
         dq.append((ds @ k[..., :S, :]) * scale)
         pad = [(0, 0)] * (qs.ndim - 2) + [(0, T - S), (0, 0)]  # keys past S got nothing from block i
@@ -205,9 +208,8 @@ def _dropped_attend_fwd(p, v, key, rate):
 def _dropped_attend_bwd(rate, res, dy):
     p, v, key = res
     dyt, vt = jnp.swapaxes(dy, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, nh, T, hd), (B, nh, S, hd)
-    dpd = dyt @ jnp.swapaxes(vt, -1, -2)
-    pd = drop(fresh(p, dpd), key, rate)  # fresh: not merged with the forward's drop(P), which is freed
-    return drop(dpd, key, rate), jnp.swapaxes(_tn(pd, dyt), 1, 2), None
+    pd, dp = _dropped_again(p, dyt @ jnp.swapaxes(vt, -1, -2), key, rate)
+    return dp, jnp.swapaxes(_tn(pd, dyt), 1, 2), None
 
 
 _dropped_attend.defvjp(_dropped_attend_fwd, _dropped_attend_bwd)

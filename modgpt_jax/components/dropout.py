@@ -87,13 +87,10 @@ def drop(x, key, rate: float, start=None, full=None):
 
 
 class AttentionDropout(NamedTuple):
-    """Dropout on the attention probabilities, handed to the attention kernel: a kernel that works
-    on blocks draws each block's window of the mask itself (keep_mask); others call it on P."""
+    """Dropout on the attention probabilities, handed to the attention kernel, which draws the mask
+    itself (`drop`; a kernel that works on blocks draws each block's window of it)."""
     rate: float
     key: jax.Array
-
-    def __call__(self, p):
-        return drop(p, self.key, self.rate)
 
 
 class Dropout(nnx.Dropout):

@@ -17,7 +17,7 @@ from flax import nnx
 from modgpt_jax.components import attention as A
 from modgpt_jax.components.dropout import AttentionDropout, Dropout, drop, fusable, keep_mask
 
-from .test_fast_kernels import close, rand
+from .test_fast_kernels import LAYERS, close, rand, stacked_temps
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5, 11), (2, 3, 64, 64)])
@@ -117,19 +117,10 @@ def test_kernel_dropout_keeps_the_probabilities_once():
     the masks nor the dropped blocks: the backward draws the masks again and drops P anew. Measured
     1.74 / 1.65 of the probability bytes; jax.random.bernoulli's masks kept 8 bytes of threefry
     words per probability, and the dropped blocks merged with the forward's kept 4 more."""
-    B, nh, T, hd, L = 2, 4, 256, 16, 4
-    p_bytes = B * nh * (5 * T * T // 8) * 4
-
-    def temps(rate):
-        def f(x, key):
-            for i in range(L):
-                d = AttentionDropout(rate, jax.random.fold_in(key, i)) if rate else None
-                x = x + A.causal_attention(x, x * 0.5, x * 2.0, 4, d)
-            return jnp.sum(jnp.sin(x))
-        c = jax.jit(jax.grad(f)).lower(jnp.zeros((B, nh, T, hd)), jax.random.key(0)).compile()
-        return c.memory_analysis().temp_size_in_bytes
-    assert temps(0.2) <= 1.9 * L * p_bytes, temps(0.2) / (L * p_bytes)
-    assert temps(0.2) <= temps(0.0) + 0.15 * L * p_bytes
+    dropped, p_bytes = stacked_temps("causal", 0.2)
+    plain, _ = stacked_temps("causal")
+    assert dropped <= 1.9 * LAYERS * p_bytes, dropped / (LAYERS * p_bytes)
+    assert dropped <= plain + 0.15 * LAYERS * p_bytes
 
 
 def test_manual_dropout_matches_autodiff():
@@ -157,15 +148,8 @@ def test_manual_dropout_keeps_no_dropped_probabilities():
     """4 stacked manual attention layers with dropout keep what they keep without plus transients:
     measured 1.95 x one float32 T x T per layer (1.48 without dropout); 2.73 when autodiff of
     dropout(P) @ V kept drop(P) next to P."""
-    B, nh, T, hd, L = 2, 4, 256, 16, 4
-
-    def f(x, key):
-        for i in range(L):
-            x = x + A.manual(x, x * 0.5, x * 2.0, dropout=AttentionDropout(0.2, jax.random.fold_in(key, i)))
-        return jnp.sum(jnp.sin(x))
-    c = jax.jit(jax.grad(f)).lower(jnp.zeros((B, T, nh, hd)), jax.random.key(0)).compile()
-    ratio = c.memory_analysis().temp_size_in_bytes / (L * B * nh * T * T * 4)
-    assert ratio <= 2.2, ratio
+    temps, p_bytes = stacked_temps("manual", 0.2)
+    assert temps <= 2.2 * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
 
 
 def test_drop_scales_like_nnx():

@@ -19,6 +19,7 @@ from flax import nnx
 from modgpt_jax.components import attention as A
 from modgpt_jax.components.activations import ACTIVATIONS, gated
 from modgpt_jax.components.backward import recomputed
+from modgpt_jax.components.dropout import AttentionDropout
 from modgpt_jax.components.layers import dense
 from modgpt_jax.components.norms import layer_norm, rms_norm
 
@@ -60,6 +61,30 @@ def test_causal_attention_matches_autodiff(T, blocks):
         close(g, g_ref, floor=1.0)  # unit-normal inputs
 
 
+LAYERS = 4  # stacked attention layers in the memory checks
+
+
+def stacked_temps(kernel: str, rate: float = 0.0) -> tuple[int, int]:
+    """(temporary bytes XLA plans for the forward+backward of LAYERS stacked residual layers
+    x + attention(x, x / 2, 2 x), one layer's float32 probability bytes) at B 2, nh 4, T 256, hd 16.
+    kernel: "causal" (causal_attention, 4 query blocks: 5/8 of T x T) or "manual" (T x T); with
+    rate > 0 each layer drops its probabilities with its own key."""
+    B, nh, T, hd = 2, 4, 256, 16
+    if kernel == "causal":
+        attend, x0 = (lambda x, d: A.causal_attention(x, x * 0.5, x * 2.0, 4, d)), jnp.zeros((B, nh, T, hd))
+        p_bytes = B * nh * (5 * T * T // 8) * 4
+    else:
+        attend, x0 = (lambda x, d: A.manual(x, x * 0.5, x * 2.0, dropout=d)), jnp.zeros((B, T, nh, hd))
+        p_bytes = B * nh * T * T * 4
+
+    def f(x, key):
+        for i in range(LAYERS):
+            x = x + attend(x, AttentionDropout(rate, jax.random.fold_in(key, i)) if rate else None)
+        return jnp.sum(jnp.sin(x))
+    compiled = jax.jit(jax.grad(f)).lower(x0, jax.random.key(0)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, p_bytes
+
+
 @pytest.mark.parametrize("kernel,most", [("causal", 1.9), ("manual", 1.8)])
 def test_attention_keeps_the_probabilities_once(kernel, most):
     """What the compiled backward of 4 stacked attention layers keeps: each layer's probabilities
@@ -67,20 +92,8 @@ def test_attention_keeps_the_probabilities_once(kernel, most):
     little else. Measured: causal 1.65 x those bytes (2.8 when P = exp(s - max) / sum let XLA keep
     the exponentials too, 2.0 when the backward's per-block k/v slices were merged with the
     forward's); manual 1.48 (2.49 with jax.nn.softmax, for the same reason as the first)."""
-    B, nh, T, hd, L = 2, 4, 256, 16, 4
-    if kernel == "causal":
-        attend, x0 = (lambda x: A.causal_attention(x, x * 0.5, x * 2.0, 4)), jnp.zeros((B, nh, T, hd))
-        p_bytes = B * nh * (5 * T * T // 8) * 4  # one layer's probability blocks, float32
-    else:
-        attend, x0 = (lambda x: A.manual(x, x * 0.5, x * 2.0)), jnp.zeros((B, T, nh, hd))
-        p_bytes = B * nh * T * T * 4
-
-    def f(x):
-        for _ in range(L):
-            x = x + attend(x)
-        return jnp.sum(jnp.sin(x))
-    temps = jax.jit(jax.grad(f)).lower(x0).compile().memory_analysis().temp_size_in_bytes
-    assert temps <= most * L * p_bytes, temps / (L * p_bytes)
+    temps, p_bytes = stacked_temps(kernel)
+    assert temps <= most * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
 
 
 def test_softmax_matches_autodiff():

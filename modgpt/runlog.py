@@ -2,7 +2,8 @@
 
 One JSON object per line, each with "type":
   header  {type, time, backend, config, arch_name, params, flops_per_token, device, n_devices,
-           peak_tflops, dtype, parallel, tokens_per_iter, versions, memory_floor_bytes, resumed_from}
+           peak_tflops, dtype, parallel, tokens_per_iter, versions, memory_floor_bytes, attention,
+           resumed_from}
   iter    {type, time, iter, loss, lr, grad_norm, dt, tokens_per_sec, mfu, peak_mem_bytes, tokens_seen,
            skipped_steps}
   eval    {type, time, iter, train_loss, val_loss, tokens_seen}

@@ -245,6 +245,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     import orbax.checkpoint
     from modgpt_jax import checkpoint as CK
     from modgpt_jax import sharding as S
+    from modgpt_jax.components.attention import describe as describe_attention
     from modgpt_jax.distributed import any_process
     cfg, t = run.cfg, run.cfg.train
     dev = jax.devices()[0]
@@ -272,14 +273,15 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     log = loop.open_log(run, is_main)
     mgr = CK.manager(run.out_dir, keep=t.keep_checkpoints)
     prog = loop.Progress(cfg, start, enabled=is_main)
+    attention = describe_attention(cfg.model, t.dtype)
     if is_main:
         print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, t.dtype, peak, par,
-                                  extra={"mesh": dict(trainer.mesh.shape),
+                                  extra={"mesh": dict(trainer.mesh.shape), "attention": attention,
                                          "host malloc": hostmem.keep_freed_blocks()}), flush=True)
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
                     orbax=orbax.checkpoint.__version__)
     log.header(**loop.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),
-               resumed_from=start if restored else None)
+               attention=attention, resumed_from=start if restored else None)
     if restored:
         log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
     last_saved = start if restored else None

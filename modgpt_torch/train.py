@@ -32,6 +32,7 @@ from modgpt import weights as W  # noqa: E402
 from modgpt.presets import SIZE_KEYS  # noqa: E402
 from modgpt_torch import checkpoint as CK  # noqa: E402
 from modgpt_torch import parallel as P  # noqa: E402
+from modgpt_torch.components.attention import describe as describe_attention  # noqa: E402
 from modgpt_torch.model import ConfigurableGPT  # noqa: E402
 from modgpt_torch.weights import (load_canonical, nanogpt_model_config,  # noqa: E402
                                   nanogpt_to_canonical, read_nanogpt)
@@ -288,12 +289,13 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     log = loop.open_log(run, enabled=d.is_main)
     progress = loop.Progress(cfg, start, enabled=d.is_main)
     if d.is_main:
+        attention = describe_attention(cfg.model, DTYPES[t.dtype], device)
         extra = {"compile": "torch.compile" if t.compile else "eager", "init": t.init_from,
-                 "host malloc": hostmem.keep_freed_blocks()}
+                 "attention": attention, "host malloc": hostmem.keep_freed_blocks()}
         print(loop.startup_report(run, BACKEND, dev_name, d.world, precision, peak, pdesc, extra), flush=True)
         versions = {"torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
         log.header(**loop.header_record(run, BACKEND, dev_name, d.world, peak, versions, pdesc),
-                   resumed_from=last_ckpt)
+                   attention=attention, resumed_from=last_ckpt)
         if ck is not None:
             log.event("resumed", iter=start, message=f"from {last_ckpt}")
 

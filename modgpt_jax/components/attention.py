@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from modgpt.registry import Registry
 from modgpt_jax.components.backward import fresh
 from modgpt_jax.components.dropout import drop, fusable
+from modgpt_jax.components.positions import POSITIONS
 
 ATTENTION = Registry("attention_backend")
 
@@ -137,23 +138,105 @@ def cpu_causal(q, k, v, dropout=None):
     return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2]), dropout), 1, 2)
 
 
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def check_kernel(attend, dtype: str, T: int, nh: int, n_kv: int, hd: int, bias: bool) -> str | None:
+    """Try attend(q, k, v, bias) (B, T, nh, hd) causal, forward and backward, on one sequence of this
+    shape: None when it compiles, runs and agrees with XLA's attention in float32 (relative L2 error of
+    the output and of dq, dk, dv at most 5e-2: XLA's own attention in bfloat16 lands at 2.3e-3, a
+    broken kernel near 1; a guard, not a parity test), else why not. Runs eagerly even while a step is traced."""
+    f32 = jnp.float32
+
+    def xla(q, k, v, b):
+        return jax.nn.dot_product_attention(q, k, v, bias=b, is_causal=True, implementation="xla")
+
+    def value_and_vjp(f):
+        return jax.jit(lambda q, k, v, b: jax.vjp(lambda q, k, v: f(q, k, v, b), q, k, v))
+
+    try:
+        with jax.ensure_compile_time_eval():
+            keys = jax.random.split(jax.random.key(0), 5)
+            q = jax.random.normal(keys[0], (1, T, nh, hd), f32)
+            k, v = (jax.random.normal(kk, (1, T, n_kv, hd), f32) for kk in keys[1:3])
+            dy = jax.random.normal(keys[3], (1, T, nh, hd), f32)
+            b = jax.random.normal(keys[4], (1, nh, T, T), f32) if bias else None
+            low = [x if x is None else x.astype(dtype) for x in (q, k, v, b, dy)]
+            y, vjp = value_and_vjp(attend)(*low[:4])
+            got = (y,) + tuple(vjp(low[4]))
+            y, vjp = value_and_vjp(xla)(*[x if x is None else x.astype(f32) for x in low[:4]])
+            want = (y,) + tuple(vjp(low[4].astype(f32)))
+            for name, g, w in zip(("output", "dq", "dk", "dv"), got, want):
+                err = float(jnp.linalg.norm(g.astype(f32) - w) / jnp.linalg.norm(w))
+                if not err <= 5e-2:  # NaN fails too
+                    return f"its {name} is off from XLA's attention by {err:.3g} (relative L2, at most 5e-2)"
+    except Exception as e:  # noqa: BLE001 - any refusal (shape, dtype, version, compile) means: not this kernel
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"{type(e).__name__}: {first[:200]}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_refusal(dtype: str, T: int, nh: int, n_kv: int, hd: int, bias: bool) -> str | None:
+    """Why cuDNN flash attention cannot serve sdpa's causal training call of this shape here, or None
+    when it can. jax.nn.dot_product_attention's default (implementation=None) is XLA's attention,
+    which builds the T x S scores in memory, so sdpa names cuDNN. Whether cuDNN takes a call (16-bit
+    dtypes only, head size, GPU generation, cuDNN version, bias) is settled by trying it once per
+    shape (check_kernel)."""
+    if _platform() != "gpu":
+        return f"no GPU (JAX platform: {_platform()})"
+
+    def cudnn(q, k, v, b):
+        return jax.nn.dot_product_attention(q, k, v, bias=b, is_causal=True, implementation="cudnn")
+
+    return check_kernel(cudnn, dtype, T, nh, n_kv, hd, bias)
+
+
+def sdpa_kernel(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, dropout: bool, mask: bool = False) -> str:
+    """Which kernel the sdpa backend runs for a call of this shape on this machine, for reports."""
+    backend = _platform()
+    if backend == "cpu" and not bias and not mask:
+        return "causal block kernel (CPU; attention dropout inside it)" if dropout else "causal block kernel (CPU)"
+    if dropout:
+        return "manual (the fused kernels take no attention dropout: T x S probabilities kept)"
+    if backend == "gpu" and not mask:
+        why = cudnn_refusal(jnp.dtype(dtype).name, T, nh, n_kv, hd, bias)
+        if why is None:
+            return "cuDNN flash attention"
+        return f"XLA attention (T x S scores; cuDNN refused: {why})"
+    return "XLA attention (T x S scores)"
+
+
+def describe(m, dtype: str) -> str:
+    """The attention kernel a training step of model config m runs here in `dtype`, for the start-up
+    report and the run log."""
+    if m.attention_backend != "sdpa":
+        return f"{m.attention_backend} (explicit softmax: T x S probabilities)"
+    bias = POSITIONS.get(m.position_encoding)(m).bias(m.block_size) is not None
+    return sdpa_kernel(jnp.dtype(dtype), m.block_size, m.n_head, m.kv_heads, m.head_dim, bias, m.dropout > 0)
+
+
 @ATTENTION.register("sdpa")
 def sdpa(q, k, v, bias=None, mask=None, dropout=None):
-    """jax.nn.dot_product_attention: cuDNN flash on GPU when it applies. On CPU, plain causal
-    training attention runs causal_attention instead (XLA's composite was about 2x slower here,
-    docs/performance.md); same function, float32 softmax. With attention dropout: on CPU
-    causal_attention (the same masks as manual's), elsewhere manual (the fused kernel has none)."""
-    if bias is None and mask is None and jax.default_backend() == "cpu":
-        B, T, nh = q.shape[:3]
+    """jax.nn.dot_product_attention, as cuDNN flash attention on a GPU wherever cuDNN takes the call
+    (cudnn_refusal), else XLA's attention. On CPU, plain causal training attention runs
+    causal_attention instead (XLA's composite was about 2x slower here, docs/performance.md); same
+    function, float32 softmax. With attention dropout: on CPU causal_attention (the same masks as
+    manual's), elsewhere manual (the fused kernels have none)."""
+    B, T, nh, hd = q.shape
+    if bias is None and mask is None and _platform() == "cpu":
         if dropout is None or fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate):
             return cpu_causal(q, k, v, dropout)
     if dropout is not None:
         return manual(q, k, v, bias, mask, dropout)
     if bias is not None:
-        bias = jnp.broadcast_to(bias, (q.shape[2],) + bias.shape[-2:])[None].astype(q.dtype)
-    if mask is None:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation=None)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation=None)
+        bias = jnp.broadcast_to(bias, (nh,) + bias.shape[-2:])[None].astype(q.dtype)
+    if mask is not None:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation="xla")
+    cudnn = (_platform() == "gpu"
+             and cudnn_refusal(jnp.dtype(q.dtype).name, T, nh, k.shape[2], hd, bias is not None) is None)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation="cudnn" if cudnn else "xla")
 
 
 @jax.custom_vjp

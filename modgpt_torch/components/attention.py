@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from modgpt.registry import Registry
+from modgpt_torch.components.positions import POSITIONS
 
 ATTENTION = Registry("attention_backend")
 
@@ -29,6 +30,29 @@ def sdpa(q, k, v, bias=None, dropout_p: float = 0.0):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     mask = causal_mask(q.shape[-2], q.device, bias).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+SDPA_KERNELS = {"FLASH_ATTENTION": "flash attention", "EFFICIENT_ATTENTION": "memory-efficient attention",
+                "CUDNN_ATTENTION": "cuDNN attention", "MATH": "math: T x S probabilities"}
+
+
+def describe(m, dtype: torch.dtype, device) -> str:
+    """The attention kernel a training step of model config m runs on `device` in `dtype`, for the
+    start-up report and the run log. For sdpa, torch's own choice for a call of the training shape
+    (torch._fused_sdp_choice, the dispatcher's pick; private, so a failure only loses the detail)."""
+    if m.attention_backend != "sdpa":
+        return f"{m.attention_backend} (explicit softmax: T x S probabilities)"
+    try:
+        from torch.nn.attention import SDPBackend
+        q = torch.zeros(1, m.n_head, m.block_size, m.head_dim, dtype=dtype, device=device, requires_grad=True)
+        k = torch.zeros(1, m.kv_heads, m.block_size, m.head_dim, dtype=dtype, device=device, requires_grad=True)
+        bias = POSITIONS.get(m.position_encoding)(m).bias(m.block_size, device)
+        mask = None if bias is None else causal_mask(m.block_size, device, bias).to(dtype)
+        name = SDPBackend(torch._fused_sdp_choice(q, k, k, mask, m.dropout, mask is None,
+                                                  enable_gqa=m.kv_heads != m.n_head)).name
+    except Exception as e:  # noqa: BLE001
+        return f"sdpa (torch picks the kernel per call; its choice unknown here: {type(e).__name__})"
+    return f"sdpa ({SDPA_KERNELS.get(name, name.lower())})"
 
 
 @ATTENTION.register("manual")

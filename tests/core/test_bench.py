@@ -98,6 +98,9 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
         assert r["arch"] == by["jax"]["arch"] and r["tokens_per_iter"] == 8 * 32
         assert r["mfu"] is None  # CPU: no known peak
     assert by["jax"]["versions"]["jax"] and by["torch"]["versions"]["torch"]
+    # the attention kernel each backend's step ran, from its log header, also in the printed details
+    assert by["jax"]["attention"] == "causal block kernel (CPU)" and by["torch"]["attention"] == "sdpa (flash attention)"
+    assert any(ln.startswith("  jax versions:") and ln.endswith("attention: causal block kernel (CPU)") for ln in lines)
     # XLA's plan for the JAX step covers at least its arguments: params + Adam moments (12 B/param)
     assert by["jax"]["step_plan_bytes"] > 12 * by["jax"]["params"]
     assert by["torch"]["step_plan_bytes"] is None and by["nanogpt"]["step_plan_bytes"] is None

@@ -46,6 +46,8 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
     assert parity["passed"] is True and parity["rows"] and all(r["passed"] for r in parity["rows"])
     env = (tmp_path / "env.log").read_text()
     assert '"torch"' in env and "MISSING" not in env
+    # the attention kernel each backend's step runs for the benched shapes (here the CPU's)
+    assert "attention, llama 124M bfloat16: jax causal block kernel (CPU); torch sdpa (flash attention)" in env
 
 
 def test_unknown_stage_is_refused(tmp_path):

@@ -96,6 +96,9 @@ def test_cli_fsdp8_sample_export(cli, data_dir, tmp_path, capsys):
     recs = runlog.read(out)
     assert [r["iter"] for r in recs if r["type"] == "iter"] == [0, 1, 2, 3]
     assert recs[0]["type"] == "header" and recs[0]["n_devices"] == 8
+    # the kernel the step runs, reported and logged (tests/jax/test_attention_select.py)
+    assert recs[0]["attention"] == "causal block kernel (CPU; attention dropout inside it)"
+    assert "attention:    causal block kernel (CPU; attention dropout inside it)" in p.stdout
     assert recs[-1]["status"] == "completed"
     assert sorted(os.listdir(out / "checkpoints")) == ["0", "2", "4"]
 

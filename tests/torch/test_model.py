@@ -188,3 +188,16 @@ def test_glu_gates_with_every_activation(act):
     ffn = ConfigurableGPT(tiny(ffn_type="glu", activation=act)).blocks[0].ffn
     x = torch.randn(2, 5, 32)
     torch.testing.assert_close(ffn(x), ffn.proj(ref(ffn.gate(x)) * ffn.fc(x)), atol=0, rtol=0)
+
+
+def test_describe_names_the_kernel_torch_picks():
+    """The start-up report's `attention:` line is torch's own choice for the training call (on this
+    CPU: flash for plain causal and grouped-query; math, which keeps the probabilities, under
+    attention dropout or an ALiBi bias), and the manual backend says what it keeps."""
+    from modgpt_torch.components.attention import describe
+    cpu = torch.device("cpu")
+    assert describe(tiny(), torch.float32, cpu) == "sdpa (flash attention)"
+    assert describe(tiny(n_kv_head=1), torch.bfloat16, cpu) == "sdpa (flash attention)"
+    assert describe(tiny(dropout=0.1), torch.float32, cpu) == "sdpa (math: T x S probabilities)"
+    assert describe(tiny(position_encoding="alibi"), torch.float32, cpu) == "sdpa (math: T x S probabilities)"
+    assert describe(tiny(attention_backend="manual"), torch.float32, cpu).startswith("manual (")

@@ -47,6 +47,8 @@ def test_smoke_log_checkpoint_sample(full_run, data_dir):
     assert "MODEL ARCHITECTURE" in p.stdout and "tokens/iter" in p.stdout
     types = [r["type"] for r in runlog.read(out)]
     assert types[0] == "header" and types[-1] == "end"
+    assert runlog.read(out)[0]["attention"] == "sdpa (flash attention)"  # torch's pick, also printed
+    assert "attention:    sdpa (flash attention)" in p.stdout
     assert {"iter", "eval", "event"} <= set(types)
     end = runlog.read(out)[-1]
     assert end["status"] == "completed" and end["iter"] == 8

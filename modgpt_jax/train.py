@@ -237,6 +237,20 @@ def main(argv=None) -> int:
             run.lock.release()
 
 
+def matmul_precision(dtype: str, platform: str, setting) -> tuple[str, str]:
+    """(the precision line of the start-up report, the peak-FLOPs dtype MFU is measured against).
+    On a GPU, XLA computes float32 matmuls in TF32 unless jax_default_matmul_precision (`setting`)
+    asks for more (the parity suite sets "highest"), so a float32 run's MFU is against the TF32
+    tensor-core peak, as the torch backend's is (it enables TF32 for float32 runs)."""
+    if dtype != "float32" or platform != "gpu":
+        return dtype, dtype
+    if setting in (None, "default", "tensorfloat32", "TF32_TF32_F32"):
+        return "float32 (TF32 matmuls, XLA's default on a GPU)", "tf32"
+    if setting in ("bfloat16", "fastest", "BF16_BF16_F32"):
+        return f"float32 (bfloat16 matmuls: matmul precision {setting})", "bfloat16"
+    return f"float32 (matmul precision {setting})", "float32"
+
+
 def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop: StopFlag) -> int:
     import jax
 
@@ -250,7 +264,8 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     cfg, t = run.cfg, run.cfg.train
     dev = jax.devices()[0]
     n_dev = jax.device_count()
-    peak = HW.peak_tflops(dev.device_kind, t.dtype, cfg.system.peak_tflops)
+    precision, peak_dtype = matmul_precision(t.dtype, jax.default_backend(), jax.config.jax_default_matmul_precision)
+    peak = HW.peak_tflops(dev.device_kind, peak_dtype, cfg.system.peak_tflops)
     par = S.describe(trainer.mesh)
     start, best, skipped = 0, math.inf, 0
     restored = run.resume and CK.latest_step(run.out_dir) is not None
@@ -275,7 +290,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     prog = loop.Progress(cfg, start, enabled=is_main)
     attention = describe_attention(cfg.model, t.dtype)
     if is_main:
-        print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, t.dtype, peak, par,
+        print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, precision, peak, par,
                                   extra={"mesh": dict(trainer.mesh.shape), "attention": attention,
                                          "host malloc": hostmem.keep_freed_blocks()}), flush=True)
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,

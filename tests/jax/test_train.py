@@ -154,3 +154,17 @@ def test_refusal_writes_nothing(train_main, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("error: batch_size=12 cannot be split over the 8 devices")
     assert not out.exists()
+
+
+def test_float32_mfu_on_a_gpu_is_against_the_tf32_peak():
+    """XLA runs float32 matmuls on a GPU in TF32 unless jax_default_matmul_precision asks for more, so
+    a float32 GPU run reports TF32 and measures MFU against the TF32 peak (494 TFLOP/s on an H100 SXM,
+    not the 67 of plain float32: 7x inflated MFU otherwise), as the torch backend does."""
+    from modgpt import hardware as HW
+    from modgpt_jax.train import matmul_precision
+    label, peak = matmul_precision("float32", "gpu", None)
+    assert "TF32" in label and HW.peak_tflops("NVIDIA H100 80GB HBM3", peak, None) == 494.0
+    assert matmul_precision("float32", "gpu", "highest") == ("float32 (matmul precision highest)", "float32")
+    assert matmul_precision("float32", "gpu", "bfloat16")[1] == "bfloat16"
+    assert matmul_precision("bfloat16", "gpu", None) == ("bfloat16", "bfloat16")
+    assert matmul_precision("float32", "cpu", None) == ("float32", "float32")

@@ -39,7 +39,10 @@ class Trainer:
         self.cfg = cfg
         self.mesh = S.make_mesh(cfg.system, devices)
         S.check_batch(cfg.train.batch_size, self.mesh)
-        self.model = build(cfg, cfg.train.seed if seed is None else seed)
+        # built in host memory: the accelerator then holds only the sharded copy (self.params), not
+        # this one as well (GPT-2 124M: 475 MiB, 3.7% of its floor at batch 16 x 1024)
+        with jax.default_device(host_device()):
+            self.model = build(cfg, cfg.train.seed if seed is None else seed)
         self.graphdef, _ = nnx.split(self.model)
         self.param_sh = S.param_shardings(self.model, self.mesh)
         self.repl = S.replicated(self.mesh)
@@ -235,6 +238,16 @@ def main(argv=None) -> int:
     finally:
         if run.lock is not None:
             run.lock.release()
+
+
+def host_device():
+    """The CPU device for host-side arrays, or None (the default device) where JAX has no CPU backend
+    (JAX_PLATFORMS without cpu)."""
+    import jax
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
 
 
 def matmul_precision(dtype: str, platform: str, setting) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -52,7 +53,27 @@ def dense(n_in: int, n_out: int, bias: bool, std: float, axes: tuple[str, str], 
                       param_dtype="float32", rngs=rngs)
 
 
-def embed(rows: int, dim: int, std: float, axes: tuple[str | None, str], rngs: nnx.Rngs) -> nnx.Embed:
-    """nnx.Embed (rows, dim) ~ N(0, std)."""
-    return nnx.Embed(rows, dim, embedding_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+class Embed(nnx.Embed):
+    """nnx.Embed (same parameters) that computes in the dtype of the table it holds: the bfloat16
+    compute copy under mixed precision (modgpt_jax/step.cast). nnx.Embed fixes its dtype when built
+    (float32, the parameters' dtype) and promoted the bf16 table back to float32, and with it the
+    residual stream and every matmul of a bf16 step. The lookup's gradient, a scatter-add of every
+    token's row gradient, accumulates in float32 and is rounded once, as a matmul's is."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.dtype = None  # follow the table (and, in attend, the query)
+
+    def __call__(self, inputs, out_sharding=None):
+        if out_sharding is not None or self.num_embeddings == 1:
+            return super().__call__(inputs, out_sharding)
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("Input type must be an integer or unsigned integer.")
+        table = self.embedding[...]
+        return jnp.take(table.astype(jnp.float32), inputs, axis=0).astype(table.dtype)
+
+
+def embed(rows: int, dim: int, std: float, axes: tuple[str | None, str], rngs: nnx.Rngs) -> Embed:
+    """Embed (rows, dim) ~ N(0, std)."""
+    return Embed(rows, dim, embedding_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
                      param_dtype="float32", rngs=rngs)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt.registry import Registry
+from modgpt_jax.components.backward import fresh
 
 NORMS = Registry("normalization")
 
@@ -21,7 +22,10 @@ NORMS = Registry("normalization")
 # Norms with a hand-written backward (performance, docs/performance.md). Autodiff of the plain
 # formula gave XLA a long elementwise chain (the residual-stream gradient through every norm) that
 # it fused, and so recomputed, into many consumers: about a fifth of a CPU training step. The
-# backward below is the textbook one: the same math, evaluated once. Math in float32.
+# backward below is the textbook one: the same math, evaluated once. Math in float32. The backward
+# keeps x in its own dtype and the float32 row statistics, the floor's norm activations
+# (modgpt.memory), and rebuilds xhat from them; keeping the float32 xhat instead doubled that under
+# bfloat16.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x, weight, bias, eps: float):
     """(x - mean) / sqrt(var + eps) * weight (+ bias) over the last dim; var biased, like torch."""
@@ -30,15 +34,17 @@ def layer_norm(x, weight, bias, eps: float):
 
 def _ln_fwd(x, weight, bias, eps):
     x32 = x.astype(jnp.float32)
-    xc = x32 - x32.mean(-1, keepdims=True)
+    mean = x32.mean(-1, keepdims=True)
+    xc = x32 - mean
     rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
     xhat = xc * rstd
     y = xhat * weight if bias is None else xhat * weight + bias
-    return y.astype(x.dtype), (xhat, rstd, weight, bias)
+    return y.astype(x.dtype), (x, mean, rstd, weight, bias)
 
 
 def _ln_bwd(eps, res, dy):
-    xhat, rstd, weight, bias = res
+    x, mean, rstd, weight, bias = res
+    xhat = (fresh(x, dy).astype(jnp.float32) - mean) * rstd  # the forward's xhat, bit for bit
     dtype, dy = dy.dtype, dy.astype(jnp.float32)  # dy has y's dtype, which is x's
     lead = tuple(range(dy.ndim - 1))
     g = dy * weight
@@ -59,12 +65,12 @@ def rms_norm(x, weight, eps: float):
 def _rms_fwd(x, weight, eps):
     x32 = x.astype(jnp.float32)
     rstd = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)
-    xhat = x32 * rstd
-    return (xhat * weight).astype(x.dtype), (xhat, rstd, weight)
+    return (x32 * rstd * weight).astype(x.dtype), (x, rstd, weight)
 
 
 def _rms_bwd(eps, res, dy):
-    xhat, rstd, weight = res
+    x, rstd, weight = res
+    xhat = fresh(x, dy).astype(jnp.float32) * rstd  # the forward's xhat, bit for bit
     dtype, dy = dy.dtype, dy.astype(jnp.float32)
     g = dy * weight
     dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))

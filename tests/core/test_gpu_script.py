@@ -30,8 +30,9 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
     files = sorted(f.name for f in tmp_path.iterdir())
     # torch.compile on the CPU needs a C++ compiler; the smoke skips that stage without one
     compiler = shutil.which("c++") or shutil.which("g++")
-    # every stage (the smoke skips parity_bf16): 11 files; the device tool brings back 8 per call,
-    # which is why the real runs are split into calls of 5, 2, 2 and 3 (.ci/gpu's header)
+    # every stage (the smoke skips compat and parity_bf16): 11 files; the device tool brings back 8
+    # per call, which is why the real runs are split into calls of 2, 4, 2, 2 and 3 (.ci/gpu's header)
+    assert "== compat: skipped in smoke" in p.stdout
     assert len(files) == (11 if compiler else 9) and "env.log" in files, files
     for stage in ("bench_gpt2", "bench_llama", "bench_dropout") + (("bench_compile",) if compiler else ()):
         rep = json.loads((tmp_path / f"{stage}.json").read_text())
@@ -53,7 +54,7 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
 def test_unknown_stage_is_refused(tmp_path):
     p = run("benchh", out=tmp_path)
     assert p.returncode == 2
-    assert "unknown stage 'benchh'" in p.stderr and "env, bench, compile, dropout, parity" in p.stderr
+    assert "unknown stage 'benchh'" in p.stderr and "env, compat, bench, compile, dropout, parity" in p.stderr
     p = run(out=tmp_path)
     assert p.returncode == 2 and "usage" in p.stderr
     p = run("smoke", "bench", out=tmp_path)

@@ -241,11 +241,12 @@ def main(argv=None) -> int:
 
 
 def host_device():
-    """The CPU device for host-side arrays, or None (the default device) where JAX has no CPU backend
+    """This process's CPU device for host-side arrays (jax.devices("cpu")[0] may be another
+    process's under jax.distributed), or None (the default device) where JAX has no CPU backend
     (JAX_PLATFORMS without cpu)."""
     import jax
     try:
-        return jax.devices("cpu")[0]
+        return jax.local_devices(backend="cpu")[0]
     except RuntimeError:
         return None
 

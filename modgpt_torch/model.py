@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from modgpt.config import ModelConfig
 from modgpt_torch.components import ATTENTION, FFNS, NORMS, POSITIONS
+from modgpt_torch.components.loss import cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -120,7 +121,7 @@ class ConfigurableGPT(nn.Module):
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long())
+            loss = cross_entropy(logits, targets)  # float32 math, floor memory (components/loss.py)
         return logits, loss
 
     @torch.no_grad()

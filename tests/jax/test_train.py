@@ -182,4 +182,4 @@ def test_trainer_builds_its_model_in_host_memory(tiny):
         tr = Trainer(tiny(), devices=jax.devices()[:1])
     arrays = jax.tree.leaves(nnx.state(tr.model))
     assert arrays and all(a.devices() == {host_device()} for a in arrays)
-    assert host_device() == jax.devices("cpu")[0] != jax.devices()[3]
+    assert host_device() == jax.local_devices(backend="cpu")[0] != jax.devices()[3]

@@ -8,6 +8,8 @@ PEAKS: dict[str, dict[str, float]] = {
     "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0},
     "H100 SXM": {"float32": 67.0, "tf32": 494.0, "bfloat16": 989.0, "float16": 989.0, "fp8": 1979.0},
     "H100 PCIe": {"float32": 51.0, "tf32": 378.0, "bfloat16": 756.0, "float16": 756.0, "fp8": 1513.0},
+    # H100 NVL (94 GB): the data sheet's with-sparsity figures halved (TF32 835, BF16 1671, FP8 3341)
+    "H100 NVL": {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5, "float16": 835.5, "fp8": 1670.5},
     "H200": {"float32": 67.0, "tf32": 494.0, "bfloat16": 989.0, "float16": 989.0, "fp8": 1979.0},
     "B200": {"tf32": 1100.0, "bfloat16": 2250.0, "float16": 2250.0, "fp8": 4500.0},
     "GB200": {"tf32": 1250.0, "bfloat16": 2500.0, "float16": 2500.0, "fp8": 5000.0},
@@ -24,6 +26,8 @@ def match_device(name: str) -> str | None:
     if "H200" in n:
         return "H200"
     if "H100" in n:
+        if "NVL" in n:
+            return "H100 NVL"
         return "H100 PCIe" if "PCIE" in n else "H100 SXM"  # SXM parts report "HBM3" or "SXM"
     if "A100" in n:
         return "A100"

@@ -108,7 +108,8 @@ def bench_backend(backend: str, argv: list[str], iters: int, warmup: int, workdi
     cpu = str(header.get("device", "")).lower() in ("cpu", "")
     mems = [x["peak_mem_bytes"] for x in steps if isinstance(x.get("peak_mem_bytes"), (int, float))]
     res.update(device=header.get("device"), n_devices=header.get("n_devices"), versions=header.get("versions"),
-               attention=header.get("attention"), arch=header.get("arch_name"), params=header.get("params"), tokens_per_iter=tpi,
+               attention=header.get("attention"), arch=header.get("arch_name"), params=header.get("params"),
+               tokens_per_iter=tpi,
                flops_per_token=header.get("flops_per_token"), peak_tflops=header.get("peak_tflops"),
                ms_per_iter=1000 * dt, ms_per_iter_mean=1000 * statistics.fmean(dts),
                ms_per_iter_stdev=1000 * (statistics.stdev(dts) if len(dts) > 1 else 0.0),

@@ -193,19 +193,33 @@ def cudnn_refusal(dtype: str, T: int, nh: int, n_kv: int, hd: int, bias: bool) -
     return check_kernel(cudnn, dtype, T, nh, n_kv, hd, bias)
 
 
-def sdpa_kernel(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, dropout: bool, mask: bool = False) -> str:
-    """Which kernel the sdpa backend runs for a call of this shape on this machine, for reports."""
-    backend = _platform()
-    if backend == "cpu" and not bias and not mask:
-        return "causal block kernel (CPU; attention dropout inside it)" if dropout else "causal block kernel (CPU)"
+def _choice(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, mask: bool, dropout: bool,
+            fusable_dropout: bool) -> tuple[str, str | None]:
+    """The kernel sdpa runs for such a call here, and why cuDNN refused it (else None): "cpu"
+    (causal_attention), "manual", "cudnn" or "xla". The one place sdpa and its reports decide it."""
+    platform = _platform()
+    if platform == "cpu" and not bias and not mask and (not dropout or fusable_dropout):
+        return "cpu", None
     if dropout:
-        return "manual (the fused kernels take no attention dropout: T x S probabilities kept)"
-    if backend == "gpu" and not mask:
+        return "manual", None
+    if platform == "gpu" and not mask:
         why = cudnn_refusal(jnp.dtype(dtype).name, T, nh, n_kv, hd, bias)
-        if why is None:
-            return "cuDNN flash attention"
-        return f"XLA attention (T x S scores; cuDNN refused: {why})"
-    return "XLA attention (T x S scores)"
+        return ("cudnn", None) if why is None else ("xla", why)
+    return "xla", None
+
+
+def sdpa_kernel(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, dropout: float) -> str:
+    """Which kernel the sdpa backend runs for a training call of this shape on this machine, in words.
+    dropout: the attention dropout rate (masks drawn from JAX's default PRNG)."""
+    fusable_dropout = bool(dropout) and fusable(jax.random.key(0), (1, nh, T, T), 1.0 - dropout)
+    kernel, why = _choice(dtype, T, nh, n_kv, hd, bias, False, bool(dropout), fusable_dropout)
+    if kernel == "cpu":
+        return "causal block kernel (CPU; attention dropout inside it)" if dropout else "causal block kernel (CPU)"
+    if kernel == "manual":
+        return "manual (the fused kernels take no attention dropout: T x S probabilities kept)"
+    if kernel == "cudnn":
+        return "cuDNN flash attention"
+    return "XLA attention (T x S scores" + (f"; cuDNN refused: {why})" if why else ")")
 
 
 def describe(m, dtype: str) -> str:
@@ -214,7 +228,7 @@ def describe(m, dtype: str) -> str:
     if m.attention_backend != "sdpa":
         return f"{m.attention_backend} (explicit softmax: T x S probabilities)"
     bias = POSITIONS.get(m.position_encoding)(m).bias(m.block_size) is not None
-    return sdpa_kernel(jnp.dtype(dtype), m.block_size, m.n_head, m.kv_heads, m.head_dim, bias, m.dropout > 0)
+    return sdpa_kernel(jnp.dtype(dtype), m.block_size, m.n_head, m.kv_heads, m.head_dim, bias, m.dropout)
 
 
 @ATTENTION.register("sdpa")
@@ -225,18 +239,18 @@ def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     function, float32 softmax. With attention dropout: on CPU causal_attention (the same masks as
     manual's), elsewhere manual (the fused kernels have none)."""
     B, T, nh, hd = q.shape
-    if bias is None and mask is None and _platform() == "cpu":
-        if dropout is None or fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate):
-            return cpu_causal(q, k, v, dropout)
-    if dropout is not None:
+    fusable_dropout = dropout is not None and fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate)
+    kernel, _ = _choice(q.dtype, T, nh, k.shape[2], hd, bias is not None, mask is not None, dropout is not None,
+                        fusable_dropout)
+    if kernel == "cpu":
+        return cpu_causal(q, k, v, dropout)
+    if kernel == "manual":
         return manual(q, k, v, bias, mask, dropout)
     if bias is not None:
         bias = jnp.broadcast_to(bias, (nh,) + bias.shape[-2:])[None].astype(q.dtype)
     if mask is not None:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation="xla")
-    cudnn = (_platform() == "gpu"
-             and cudnn_refusal(jnp.dtype(q.dtype).name, T, nh, k.shape[2], hd, bias is not None) is None)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation="cudnn" if cudnn else "xla")
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation=kernel)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation=kernel)
 
 
 @jax.custom_vjp

@@ -126,14 +126,14 @@ def test_sdpa_asks_for_cudnn_on_a_gpu_and_falls_back(on_gpu):
 
 def test_sdpa_kernel_names_what_runs(on_gpu):
     asked, refusal = on_gpu
-    assert A.sdpa_kernel(jnp.bfloat16, 1024, 12, 12, 64, False, False) == "cuDNN flash attention"
+    assert A.sdpa_kernel(jnp.bfloat16, 1024, 12, 12, 64, False, 0.0) == "cuDNN flash attention"
     refusal[0] = "ValueError: fp32 is not supported"
-    assert A.sdpa_kernel(jnp.float32, 1024, 12, 12, 64, False, False) == (
+    assert A.sdpa_kernel(jnp.float32, 1024, 12, 12, 64, False, 0.0) == (
         "XLA attention (T x S scores; cuDNN refused: ValueError: fp32 is not supported)")
-    assert A.sdpa_kernel(jnp.bfloat16, 1024, 12, 12, 64, False, True).startswith("manual")
+    assert A.sdpa_kernel(jnp.bfloat16, 1024, 12, 12, 64, False, 0.1).startswith("manual")
 
 
 def test_sdpa_kernel_on_the_cpu():
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, False) == "causal block kernel (CPU)"
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, True).startswith("causal block kernel")
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, True, False) == "XLA attention (T x S scores)"
+    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, 0.0) == "causal block kernel (CPU)"
+    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, 0.2).startswith("causal block kernel")
+    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, True, 0.0) == "XLA attention (T x S scores)"

@@ -157,10 +157,14 @@ def ref_backend(backends: list[str]) -> str:
 
 
 def over_floor(r: dict) -> str:
-    """Device memory over the floor: the measured peak where there is one (GPU), else XLA's plan."""
-    used = r.get("peak_device_mem_bytes") or r.get("step_plan_bytes")
+    """Device memory over the floor: the measured peak where there is one (GPU), else XLA's plan,
+    marked "(plan)" (a GPU whose runtime reports no peak falls back to it too, and says so)."""
     floor = r.get("memory_floor_bytes")
-    return f"{used / floor:.2f}" if used and floor else "-"
+    if r.get("peak_device_mem_bytes") and floor:
+        return f"{r['peak_device_mem_bytes'] / floor:.2f}"
+    if r.get("step_plan_bytes") and floor:
+        return f"{r['step_plan_bytes'] / floor:.2f}(plan)"
+    return "-"
 
 
 def table(results: list[dict], ratio: dict[str, float]) -> str:
@@ -282,7 +286,7 @@ def main(argv=None) -> int:
     print("peak RSS: the process's resident-set high-water mark (getrusage), host memory incl. runtime")
     print("step plan: XLA's memory plan for one step per device (jax): arguments + temporaries + outputs - donated")
     print("floor: what weights, gradients, AdamW state and saved activations need (python -m modgpt.memory); "
-          "x floor: peak dev mem (else step plan) / floor")
+          "x floor: peak dev mem / floor, else \"(plan)\" = step plan / floor")
     print("command: " + shlex.join(command))
     if json_path:
         write_json(str(json_path), {"command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S"),

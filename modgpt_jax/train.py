@@ -82,8 +82,11 @@ class Trainer:
         xs, ys = np.stack([a for a, _ in xy]), np.stack([b for _, b in xy])
         return S.put_batch(xs, self.mesh, lead=1), S.put_batch(ys, self.mesh, lead=1)
 
-    def step(self, x, y, it: int):
-        """One optimizer step at iteration it with lr_at(it); returns host metrics."""
+    def dispatch(self, x, y, it: int) -> dict:
+        """Start the optimizer step of iteration it (lr_at(it)) and return at once, without waiting
+        for it: {"metrics": device arrays, "lr": float}. collect() reads them. The loop dispatches
+        step it+1 before reading step it's metrics, so the device never waits for the host between
+        steps (a non-finite step changes nothing: the step itself keeps the old state, step.py)."""
         import jax
         lr = loop.lr_at(it, self.cfg.train)
         key = jax.random.fold_in(self.base_key, it)
@@ -101,8 +104,18 @@ class Trainer:
                 out = self.step_fn(*args)
         self.params, self.opt_state, m = out
         io.fault("step", it)  # test-only hook (a kill while the step runs); no-op otherwise
-        m = jax.device_get(m)
-        return dict(loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), ok=bool(m["ok"]), lr=lr)
+        return dict(metrics=m, lr=lr)
+
+    @staticmethod
+    def collect(pending: dict) -> dict:
+        """Wait for a dispatched step; its host metrics: loss, grad_norm, ok (finite), lr."""
+        import jax
+        m = jax.device_get(pending["metrics"])
+        return dict(loss=float(m["loss"]), grad_norm=float(m["grad_norm"]), ok=bool(m["ok"]), lr=pending["lr"])
+
+    def step(self, x, y, it: int) -> dict:
+        """One optimizer step at iteration it, waited for; its host metrics (collect)."""
+        return self.collect(self.dispatch(x, y, it))
 
     def evaluate(self, sampler: D.BatchSampler) -> dict:
         from modgpt_jax import sharding as S
@@ -339,8 +352,47 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     it = start
     plan_unreported = True
     floor = MEM.for_run(cfg, BACKEND, n_dev).total  # the step plan is compared with it
+    # One step in flight: step it is dispatched before step it-1's metrics are read, so the device
+    # never waits on the host between steps (batch, dispatch and logging cost ~3 ms of host time per
+    # step at GPT-2 124M's batch and parameter count, docs/performance.md). The pending step is
+    # read (drained) before anything that needs the state after it: evaluation, checkpoints, stop.
+    pending = None  # (iteration, Trainer.dispatch's handle, time its host work began)
+    last_done = 0.0  # when the previous step's metrics arrived
+
+    def finish() -> bool:
+        """Wait for the pending step and log it; False: it was non-finite and the run stops."""
+        nonlocal pending, skipped, last_done
+        p_it, handle, began = pending
+        pending = None
+        m = trainer.collect(handle)
+        now = time.time()
+        dt = now - max(began, last_done)  # in flight: the time between two steps' completions
+        last_done = now
+        if not m["ok"]:
+            if t.skip_nonfinite:
+                skipped += 1
+                log.event("skipped_step", iter=p_it, message=f"non-finite loss/grads at iteration {p_it}; "
+                                                             f"update skipped")
+            else:
+                msg = loop.nonfinite_message(p_it, m["loss"], m["grad_norm"], ckpt_path(last_saved))
+                log.end("failed", iter=p_it, best_val_loss=None if math.isinf(best) else best, message=msg)
+                prog.close()
+                print(f"error: {msg}", file=sys.stderr)
+                return False
+        if p_it % t.log_interval == 0 or p_it == t.max_iters - 1:
+            st = loop.iter_stats(cfg, m["loss"], m["lr"], m["grad_norm"], dt, peak, n_dev, peak_memory(),
+                                 (p_it + 1) * loop.tokens_per_iter(cfg), skipped)
+            log.iter(iter=p_it, **st)
+            prog.step(p_it, st)
+        else:
+            prog.step(p_it, {"loss": None})
+        return True
+
     while True:
-        if loop.eval_due(it, cfg):
+        due = loop.eval_due(it, cfg)
+        if pending is not None and (due or it >= t.max_iters) and not finish():
+            return 1
+        if due:
             ev = trainer.evaluate(sampler)
             best = min(best, ev["val"])
             log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], tokens_seen=it * loop.tokens_per_iter(cfg))
@@ -350,6 +402,8 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
         if it >= t.max_iters:
             break
         if any_process(stop.signal is not None):  # multi-process: every process stops at the same step
+            if pending is not None and not finish():
+                return 1
             if last_saved != it and not save(it):
                 return 1
             msg = loop.interrupted_message(stop.signal or "a signal on another process", it, ckpt_path(it),
@@ -359,10 +413,9 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
             if is_main:
                 print(msg, flush=True)
             return 0
-        t0 = time.time()
+        began = time.time()
         x, y = trainer.batch(sampler, it)
-        m = trainer.step(x, y, it)  # returns host values: the step has finished
-        dt = time.time() - t0
+        handle = trainer.dispatch(x, y, it)
         if plan_unreported and trainer.step_memory is not None:
             plan_unreported = False
             pm = trainer.step_memory
@@ -373,24 +426,9 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
             log.event("step_memory", iter=it, message=msg, floor_bytes=floor,
                       **{f"{k}_bytes": v for k, v in pm.items()})
             prog.message(msg)
-        if not m["ok"]:
-            if t.skip_nonfinite:
-                skipped += 1
-                log.event("skipped_step", iter=it, message=f"non-finite loss/grads at iteration {it}; update skipped")
-            else:
-                msg = loop.nonfinite_message(it, m["loss"], m["grad_norm"], ckpt_path(last_saved))
-                log.end("failed", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
-                prog.close()
-                print(f"error: {msg}", file=sys.stderr)
-                return 1
-        tokens = (it + 1) * loop.tokens_per_iter(cfg)
-        if it % t.log_interval == 0 or it == t.max_iters - 1:
-            st = loop.iter_stats(cfg, m["loss"], m["lr"], m["grad_norm"], dt, peak, n_dev, peak_memory(),
-                                 tokens, skipped)
-            log.iter(iter=it, **st)
-            prog.step(it, st)
-        else:
-            prog.step(it, {"loss": None})
+        if pending is not None and not finish():
+            return 1
+        pending = (it, handle, began)
         it += 1
     prog.close()
     log.end("completed", iter=it, best_val_loss=None if math.isinf(best) else best,

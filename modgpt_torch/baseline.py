@@ -144,8 +144,9 @@ def train(run) -> int:
     log.header(**loop.header_record(run, BACKEND, dev_name, 1, peak, versions, "none (eager nanoGPT-style loop)"))
     print(f"nanogpt baseline: {C.arch_name(cfg.model)} on {dev_name}, {t.max_iters} iterations", flush=True)
     accum = t.gradient_accumulation_steps
+    done = None  # when the previous step ended: a step's time runs from there, as the train commands'
     for it in range(t.max_iters):
-        t0 = time.time()
+        t0 = time.time() if done is None else done
         lr = loop.lr_at(it, t)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -161,7 +162,8 @@ def train(run) -> int:
         scaler.update()
         opt.zero_grad(set_to_none=True)
         lossf = loss.item() * accum  # the host sync that ends the timed step (as nanoGPT's loop)
-        dt = time.time() - t0
+        done = time.time()
+        dt = done - t0
         if it % t.log_interval == 0 or it == t.max_iters - 1:
             mem = (torch.cuda.max_memory_allocated(device) if cuda
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -180,6 +180,44 @@ class StopFlag:
         self.signal = signal.Signals(signum).name
 
 
+class Step:
+    """A launched optimizer step: its iteration, lr, when its host work began, the tokens seen after
+    it, and its loss, gradient norm and finiteness on their way to the host. On a GPU those three are
+    copied into pinned memory and an event is recorded right behind the step, so reading them
+    later (read()) waits for this step only, not for the steps launched after it; elsewhere the
+    step has finished by the time it is made."""
+
+    def __init__(self, it: int, loss_sum, norm, finite, lr: float, began: float, tokens: int):
+        self.it, self.lr, self.began, self.tokens = it, lr, began, tokens
+        vals = torch.stack([loss_sum.float(), norm.float(), finite.float()])
+        self.event = None
+        if vals.device.type == "cuda":
+            self.host = torch.empty(3, dtype=torch.float32, pin_memory=True)
+            self.host.copy_(vals, non_blocking=True)
+            self.event = torch.cuda.Event(enable_timing=True)
+            self.event.record()
+        else:
+            self.host = vals
+        self.done_at = None if self.event is not None else time.time()
+
+    def read(self) -> tuple[float, float, bool]:
+        """(loss summed over micro steps, gradient norm, finite), waiting for the step."""
+        if self.event is not None:
+            self.event.synchronize()
+            self.done_at = time.time()
+        loss, norm, finite = self.host.tolist()
+        return loss, norm, finite == 1.0
+
+    def seconds(self, prev: "Step | None") -> float:
+        """The step's time: from the previous step's completion when that was still pending as this
+        one was launched (prev), measured on the device's clock; else from its own host work."""
+        if prev is None:
+            return self.done_at - self.began
+        if self.event is not None:
+            return prev.event.elapsed_time(self.event) / 1000
+        return self.done_at - prev.done_at
+
+
 def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -254,10 +292,15 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     model.to(device)
     raw = model
     wrapped = P.wrap(model, mode, d, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.dtype == "float16")
+    # One step in flight where the optimizer can skip a non-finite update by itself (fused AdamW's
+    # found_inf, the flag GradScaler uses): step it's finiteness is then read after step it+1 is
+    # launched, and the host never makes the device wait between steps (docs/performance.md).
+    # ZeRO-1 and FSDP (sharded optimizer state) and fp16 (GradScaler owns found_inf) read it at once.
+    deferred = mode in ("none", "ddp") and not scaler.is_enabled()
     opt = P.make_optimizer(param_groups(raw, t.weight_decay), mode, lr=t.learning_rate,
                            betas=(t.beta1, t.beta2), eps=t.adam_eps,
-                           **({"fused": True} if device.type == "cuda" else {}))
-    scaler = torch.amp.GradScaler(device.type, enabled=t.dtype == "float16")
+                           **({"fused": True} if device.type == "cuda" or deferred else {}))
     start, best_val, tokens_seen, skipped, last_ckpt = 0, float("inf"), 0, 0, None
     if ck is not None:
         P.load_optimizer(raw, opt, ck["optimizer"], mode)
@@ -338,9 +381,46 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")  # inf: scale clamps to exactly 1
     it = start
     saved_at = start if ck is not None else None  # the iteration of the newest checkpoint on disk
+    pending = None  # deferred: the launched step whose metrics are not read yet (a Step)
+    overlapped = None  # the step that was still pending when `pending` was launched
+
+    def finish(s: Step, prev: Step | None) -> bool:
+        """Read a step's metrics (waiting for it), count or refuse it if non-finite, log it. prev: the
+        step still in flight when s was launched. False: non-finite without --skip_nonfinite; the
+        failure is recorded and the run stops."""
+        nonlocal skipped
+        loss_sum, norm, ok = s.read()
+        if not ok:
+            if not t.skip_nonfinite:
+                msg = loop.nonfinite_message(s.it, loss_sum, norm, last_ckpt)
+                if d.is_main:
+                    log.end("failed", iter=s.it, best_val_loss=finite_or_none(best_val), message=msg)
+                    progress.close()
+                    print(f"error: {msg}", file=sys.stderr, flush=True)
+                return False
+            skipped += 1
+            if d.is_main:
+                log.event("skipped_step", iter=s.it, message=f"non-finite loss/grad norm; {skipped} skipped")
+        stats = {"loss": None}
+        if s.it % t.log_interval == 0 or s.it == t.max_iters - 1:
+            stats = loop.iter_stats(cfg, P.mean(d, loss_sum, device), s.lr, norm, s.seconds(prev), peak,
+                                    d.world, peak_memory(device), s.tokens, skipped)
+            if d.is_main:
+                log.iter(iter=s.it, **stats)
+        progress.step(s.it, stats)
+        return True
+
+    def drain() -> bool:
+        nonlocal pending, overlapped
+        done, prev, pending, overlapped = pending, overlapped, None, None
+        return done is None or finish(done, prev)
+
     try:
         while True:
-            if loop.eval_due(it, cfg):
+            due = loop.eval_due(it, cfg)
+            if (due or it == t.max_iters) and not drain():
+                return 1
+            if due:
                 ev = evaluate()
                 best_val = min(best_val, ev["val"])
                 if d.is_main:
@@ -352,6 +432,8 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             if it == t.max_iters:
                 break
             if P.any_flag(d, stop.set, device):  # under torchrun every rank stops at the same step
+                if not drain():
+                    return 1
                 if saved_at != it:
                     save(it)
                     saved_at = it
@@ -383,32 +465,22 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             # Ranks agree without a collective: the norm is of the all-reduced gradients, and a
             # non-finite loss on any rank makes its gradients, hence every rank's norm, non-finite.
             finite = torch.isfinite(loss_sum) & (torch.isfinite(norm) | torch.tensor(scaler.is_enabled()))
-            if not bool(finite.item()):
-                if not t.skip_nonfinite:
-                    msg = loop.nonfinite_message(it, loss_sum.item(), norm.item(), last_ckpt)
-                    if d.is_main:
-                        log.end("failed", iter=it, best_val_loss=finite_or_none(best_val), message=msg)
-                        progress.close()
-                        print(f"error: {msg}", file=sys.stderr, flush=True)
-                    return 1
-                skipped += 1
-                opt.zero_grad(set_to_none=True)
-                if d.is_main:
-                    log.event("skipped_step", iter=it, message=f"non-finite loss/grad norm; {skipped} skipped")
-            else:
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
             tokens_seen += loop.tokens_per_iter(cfg)
-            stats = {"loss": None}
-            if it % t.log_interval == 0 or it == t.max_iters - 1:
-                lossf = P.mean(d, loss_sum.item(), device)
-                dt = time.time() - t0
-                stats = loop.iter_stats(cfg, lossf, lr, float(norm.item()), dt, peak, d.world,
-                                        peak_memory(device), tokens_seen, skipped)
-                if d.is_main:
-                    log.iter(iter=it, **stats)
-            progress.step(it, stats)
+            if deferred:
+                opt.found_inf = (~finite).to(torch.float32)  # 1: the fused kernel leaves all state as is
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step = Step(it, loss_sum, norm, finite, lr, t0, tokens_seen)
+                done, prev, pending, overlapped = pending, overlapped, step, pending
+                if done is not None and not finish(done, prev):
+                    return 1
+            else:
+                if bool(finite.item()):
+                    scaler.step(opt)
+                    scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if not finish(Step(it, loss_sum, norm, finite, lr, t0, tokens_seen), None):
+                    return 1
             it += 1
     except SaveFailed as e:
         if d.is_main:

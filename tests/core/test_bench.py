@@ -112,7 +112,9 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
     assert (by["jax"]["memory_floor_bytes"] < floor) == (by["jax"]["n_devices"] > 1)
     floor = by["jax"]["memory_floor_bytes"]
     assert by["jax"]["step_plan_bytes"] > by["jax"]["memory_floor_bytes"] * 0.9
-    assert rows["jax"][8] == f"{by['jax']['step_plan_bytes'] / floor:.2f}"  # the x floor column (CPU: the plan)
+    # the x floor column: the measured device peak where there is one; on the CPU the plan, marked
+    assert rows["jax"][8] == f"{by['jax']['step_plan_bytes'] / floor:.2f}(plan)"
+    assert BM.over_floor({**by["jax"], "peak_device_mem_bytes": 2 * floor}) == "2.00"
     assert rows["torch"][8] == "-"  # no device peak and no plan on CPU
     assert rep["ratios"]["jax/torch"] == pytest.approx(by["jax"]["tokens_per_sec"] / by["torch"]["tokens_per_sec"])
 

@@ -175,6 +175,21 @@ def read_params(backend: str, out_dir: str, it: int | None = None) -> dict[str, 
     return {jax.tree_util.keystr(path): np.asarray(v) for path, v in flat}
 
 
+def read_state(backend: str, out_dir: str, it: int) -> dict[str, np.ndarray]:
+    """Parameters and optimizer state (AdamW moments and step count) of checkpoint `it`, by name."""
+    if backend == "torch":
+        import torch
+        ck = torch.load(os.path.join(out_dir, f"ckpt-{it:08d}.pt"), map_location="cpu", weights_only=False)
+        out = {f"model/{k}": v.numpy() for k, v in ck["model"].items()}
+        for i, st in ck["optimizer"]["state"].items():
+            out.update({f"opt/{i}/{k}": np.asarray(v) for k, v in st.items()})
+        return out
+    import jax
+    import orbax.checkpoint as ocp
+    tree = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(out_dir), "checkpoints", str(it), "state"))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def losses(out_dir: str) -> dict[int, float]:
     """{iteration: loss} from the run log; a resumed run's records replace the killed run's."""
     return {r["iter"]: r["loss"] for r in runlog.read(out_dir) if r["type"] == "iter"}
@@ -207,6 +222,7 @@ class Helpers:
     checkpoint_iters = staticmethod(checkpoint_iters)
     temp_checkpoints = staticmethod(temp_checkpoints)
     read_params = staticmethod(read_params)
+    read_state = staticmethod(read_state)
     losses = staticmethod(losses)
     snapshot = staticmethod(snapshot)
 

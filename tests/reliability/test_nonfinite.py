@@ -4,6 +4,8 @@ checkpoint, which stays untouched; --skip_nonfinite=True skips such steps and co
 learning_rate=1e30 with no warmup: the first AdamW step (size ~lr per weight) makes the weights
 ~1e30, so the loss of iteration 1 overflows to inf/NaN in float32, in both backends.
 """
+import numpy as np
+
 from modgpt import runlog
 
 BLOWUP = ["--max_iters=4", "--warmup_iters=0", "--learning_rate=1e30", "--min_lr=0"]
@@ -34,3 +36,14 @@ def test_skip_nonfinite_counts_skipped_steps(backend, runner, h, tmp_path):
     iters = {r["iter"]: r for r in runlog.read(out) if r["type"] == "iter"}
     assert [iters[i]["skipped_steps"] for i in range(4)] == [0, 1, 2, 3]
     assert h.end_record(out)["status"] == "completed"
+    # A skipped step leaves weights, AdamW moments and step count exactly as they were. Both loops
+    # read a step's finiteness only after the next step is launched, so the skip happens on the
+    # device (JAX: in the step; torch: fused AdamW's found_inf): checkpoint 4 is the state after
+    # iteration 0, which a run of one step saves.
+    one = str(tmp_path / "one")
+    runner.train(backend, *BLOWUP, "--max_iters=1", f"--out_dir={one}")
+    after, first = h.read_state(backend, out, 4), h.read_state(backend, one, 1)
+    assert after.keys() == first.keys() and len(after) > len(h.read_params(backend, one, 1))
+    for k in first:  # not the lr optax records (the lr of the last step taken or skipped)
+        if "hyperparams" not in k:
+            np.testing.assert_array_equal(after[k], first[k], err_msg=k)

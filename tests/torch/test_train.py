@@ -133,3 +133,35 @@ def test_no_jax_import():
                         "modgpt_torch.export, modgpt_torch.parallel, sys; assert 'jax' not in sys.modules"],
                        env=ENV, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_next_step_is_launched_before_the_last_is_read(data_dir, tmp_path, monkeypatch):
+    """One step in flight (single process and DDP, float32/bf16): step it+1's update is launched
+    before step it's loss and finiteness are read (a read waits for the device), so a GPU never
+    idles while the host logs, sets the lr and launches the next step. A non-finite step is
+    skipped by fused AdamW itself (found_inf; tests/reliability/test_nonfinite.py checks the state
+    is untouched). The pending step is read before each evaluation, and every iteration is logged
+    once, in order."""
+    import signal
+
+    from modgpt import runlog as RL
+    from modgpt_torch import train as TR
+    trace = []
+    step, log_iter, log_eval = torch.optim.AdamW.step, RL.RunLog.iter, RL.RunLog.eval
+
+    def traced_step(self, *a, **k):
+        trace.append("update")
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", traced_step)
+    monkeypatch.setattr(RL.RunLog, "iter", lambda self, **f: (trace.append(f"log{f['iter']}"), log_iter(self, **f)))
+    monkeypatch.setattr(RL.RunLog, "eval", lambda self, **f: (trace.append(f"eval{f['iter']}"), log_eval(self, **f)))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert TR.main([*TINY, "--max_iters=5", "--eval_interval=3", f"--data_dir={data_dir}",
+                        f"--out_dir={tmp_path / 'run'}", "--progress=False"]) == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert trace == ["eval0", "update", "update", "log0", "update", "log1", "log2", "eval3",
+                     "update", "update", "log3", "log4", "eval5"]

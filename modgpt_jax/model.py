@@ -15,6 +15,7 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt_jax.components import ATTENTION, FFNS, NORMS, POSITIONS
+from modgpt_jax.components.attention import recompute_probabilities
 from modgpt_jax.components.dropout import AttentionDropout, Dropout
 from modgpt_jax.components.layers import dense, embed
 
@@ -118,6 +119,12 @@ class GPT(nnx.Module):
                             dense(cfg.n_embd, cfg.vocab_size, False, cfg.init_std, ("embed", "vocab"), rngs))
 
     def _run_blocks(self, x, pos_T, mask, key):
+        if self.remat:  # the attention's probabilities are recomputed too (CPU kernel; cuDNN's anyway)
+            with recompute_probabilities():
+                return self._blocks(x, pos_T, mask, key)
+        return self._blocks(x, pos_T, mask, key)
+
+    def _blocks(self, x, pos_T, mask, key):
         L = self.cfg.n_layer
         keys = None if key is None else jax.random.split(key, L)
         if self.scan_layers:

@@ -8,6 +8,7 @@ jax.nn.dot_product_attention uses natively).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -42,14 +43,23 @@ def _tn(a, b):
     return jnp.swapaxes(jax.lax.optimization_barrier(bt @ a), -1, -2)
 
 
+def _row_stats(s):
+    """(max, log-sum) of each row of the scores s: P = exp((s - max) - log-sum) (below)."""
+    m = jnp.max(s, axis=-1, keepdims=True)
+    return m, jnp.log(jnp.sum(jnp.exp(s - m), axis=-1, keepdims=True))
+
+
+def _from_stats(s, m, ls):
+    return jnp.exp((s - m) - ls)
+
+
 def _probabilities(s):
     """Softmax over the last dim as exp((s - max) - log(sum)), not exp(s - max) / sum: XLA:CPU fused
     that division into the backward's use of P and so kept the exponentials as well as P
     (docs/performance.md, Memory). Within float32 rounding of the division (mean relative error
     1.5e-7 against 0.9e-7); exp(s - lse) would be coarser (2.6e-7), enough to flip a ReLU kink in
     the parity suite."""
-    s = s - jnp.max(s, axis=-1, keepdims=True)
-    return jnp.exp(s - jnp.log(jnp.sum(jnp.exp(s), axis=-1, keepdims=True)))
+    return _from_stats(s, *_row_stats(s))
 
 
 def _window(p, row, T):
@@ -64,35 +74,48 @@ def _dropped_again(p, dpd, key, rate, start=None, full=None):
     return drop(fresh(p, dpd), key, rate, start, full), drop(dpd, key, rate, start, full)
 
 
-def _causal_fwd(q, k, v, n_blocks, rate, key):
+def _scores(qs, k, i: int, c: int):
+    """Scaled scores of query block i (rows i*c..(i+1)*c) against keys 0..(i+1)*c, causally masked,
+    float32: (B, nh, c, (i+1)*c)."""
+    S = (i + 1) * c
+    s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
+    return jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
+
+
+def _causal_fwd(q, k, v, n_blocks, rate, keep, key):
     """q, k, v (B, nh, T, hd). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
     fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work).
+    keep: the backward reads the probabilities kept here (the fastest on the CPU); else only each
+    row's max and log-sum are kept (the floor's attention activations, modgpt.memory) and the
+    backward computes the scores again and P from them with the same formula, the forward's P bit
+    for bit (docs/performance.md: 3-8% slower on the CPU without remat, 1.45 -> 1.14x the floor).
     rate > 0: attention dropout on P with `key`; the backward draws the masks again instead of
     keeping them (an elementwise hash XLA fuses into the matmul inputs; dropout.keep_mask)."""
     T = q.shape[-2]
     c = T // n_blocks
     qs = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
-    ys, ps = [], []
+    ys, kept = [], []
     for i in range(n_blocks):
         S = (i + 1) * c
-        s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2),
-                       preferred_element_type=jnp.float32)  # (B, nh, c, S) float32
-        s = jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
-        p = _probabilities(s).astype(v.dtype)
-        ps.append(p)
+        s = _scores(qs, k, i, c)
+        m, ls = _row_stats(s)
+        p = _from_stats(s, m, ls).astype(v.dtype)
+        kept.append(p if keep else (m, ls))
         pd = drop(p, key, rate, *_window(p, i * c, T)) if rate else p
         ys.append(pd @ v[..., :S, :])
     y = jnp.concatenate(ys, axis=-2)
-    return y, (qs, k, v, ps, y, key)
+    return y, (qs, k, v, kept, y, key)
 
 
-def _causal_bwd(n_blocks, rate, res, dy):
+def _causal_bwd(n_blocks, rate, keep, res, dy):
     """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(dY * Y)),
     dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY (rowsum(dY * Y) = rowsum(P * dP)).
     With dropout, Y = drop(P) V: dV = drop(P)^T dY and dP = drop(dY V^T) (the same mask and
     scale), and rowsum(P * dP) is still rowsum(dY * Y)."""
-    qs, k, v, ps, y, key = res
+    qs, k, v, kept, y, key = res
     k, v = fresh(k, dy), fresh(v, dy)  # slice k and v anew here, so the forward's slices are freed
+    if not keep:  # q's blocks too (XLA kept a transposed copy of them otherwise)
+        qs = fresh(qs, dy)
     T = qs.shape[-2]
     c = T // n_blocks
     scale = jnp.asarray(1.0 / math.sqrt(qs.shape[-1]), qs.dtype)
@@ -100,7 +123,13 @@ def _causal_bwd(n_blocks, rate, res, dy):
     dq, dk, dv = [], 0, 0
     for i in range(n_blocks):
         S = (i + 1) * c
-        p, dyi = ps[i], dy[..., i * c:S, :]
+        dyi = dy[..., i * c:S, :]
+        if keep:
+            p = kept[i]
+        else:  # the statistics anew too: XLA otherwise keeps the forward's row max broadcast to the
+            # whole block (its fusion's output) for this use, a block-sized buffer per layer
+            m, ls = (fresh(a, dyi[..., :1]) for a in kept[i])
+            p = _from_stats(_scores(qs, k, i, c), m, ls).astype(v.dtype)
         dp = jnp.matmul(dyi, jnp.swapaxes(v[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
         pd = p
         if rate:
@@ -113,21 +142,37 @@ def _causal_bwd(n_blocks, rate, res, dy):
     return jnp.concatenate(dq, axis=-2), dk, dv, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _causal(q, k, v, n_blocks, rate, key):
-    return _causal_fwd(q, k, v, n_blocks, rate, key)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _causal(q, k, v, n_blocks, rate, keep, key):
+    return _causal_fwd(q, k, v, n_blocks, rate, keep, key)[0]
 
 
 _causal.defvjp(_causal_fwd, _causal_bwd)
 
+_keep_probabilities = True  # read while tracing; recompute_probabilities() turns it off
 
-def causal_attention(q, k, v, n_blocks: int = 1, dropout=None):
+
+@contextlib.contextmanager
+def recompute_probabilities():
+    """Trace the attention inside with a backward that computes the probabilities again instead of
+    keeping them (the model does this under remat, which trades compute for memory anyway)."""
+    global _keep_probabilities
+    before, _keep_probabilities = _keep_probabilities, False
+    try:
+        yield
+    finally:
+        _keep_probabilities = before
+
+
+def causal_attention(q, k, v, n_blocks: int = 1, dropout=None, keep: bool | None = None):
     """Causal softmax attention on (B, nh, T, hd), T == S, scale 1/sqrt(hd), float32 softmax, with a
     hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks.
-    dropout: an AttentionDropout (rate and key) applied to the probabilities."""
+    dropout: an AttentionDropout (rate and key) applied to the probabilities. keep: whether the
+    backward keeps the probabilities or computes them again (default: recompute_probabilities)."""
+    keep = _keep_probabilities if keep is None else keep
     if dropout is None:
-        return _causal(q, k, v, n_blocks, 0.0, None)
-    return _causal(q, k, v, n_blocks, dropout.rate, dropout.key)
+        return _causal(q, k, v, n_blocks, 0.0, keep, None)
+    return _causal(q, k, v, n_blocks, dropout.rate, keep, dropout.key)
 
 
 def cpu_causal(q, k, v, dropout=None):

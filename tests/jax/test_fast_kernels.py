@@ -96,6 +96,26 @@ def test_attention_keeps_the_probabilities_once(kernel, most):
     assert temps <= most * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
 
 
+def test_recomputed_probabilities_are_the_kept_ones():
+    """keep=False (the model's choice under remat, attention.recompute_probabilities): the backward
+    makes P again from the scores and the forward's row max and log-sum. Same formula on the same
+    numbers, so values and gradients are the keeping kernel's bit for bit, with and without
+    dropout; and the 4 stacked layers keep no probabilities: measured 0.80 x one layer's
+    probability bytes per layer (q, k, v, y, the statistics and the backward's working blocks),
+    against 1.65 when they are kept."""
+    q, k, v = (rand(i, 2, 4, 128, 16) for i in range(3))
+    for d in (None, AttentionDropout(0.2, jax.random.key(3))):
+        f = lambda keep: lambda q, k, v: jnp.sum(jnp.sin(A.causal_attention(q, k, v, 4, d, keep)))  # noqa: E731
+        got = jax.jit(jax.value_and_grad(f(False), argnums=(0, 1, 2)))(q, k, v)
+        want = jax.jit(jax.value_and_grad(f(True), argnums=(0, 1, 2)))(q, k, v)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with A.recompute_probabilities():
+        temps, p_bytes = stacked_temps("causal")
+    assert A._keep_probabilities  # restored on leaving
+    assert temps <= 1.0 * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
+
+
 def test_softmax_matches_autodiff():
     """The manual path's softmax (exp((s - max) - log(sum)), backward from P alone) against
     jax.nn.softmax with autodiff, rows with masked (-inf) entries included."""

@@ -37,12 +37,35 @@ def maybe_initialize() -> bool:
     return jax.process_count() > 1
 
 
-def any_process(flag: bool) -> bool:
-    """True when `flag` is set on any process (a collective: every process must call it at the same
-    point). One process: the flag itself, no communication."""
-    import jax
-    if jax.process_count() == 1:
-        return flag
-    import numpy as np
-    from jax.experimental import multihost_utils
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))) > 0)
+class StopVote:
+    """Whether to stop at this step boundary, agreed by all processes without waiting for the step
+    in flight (a collective read at once would: on a GPU it runs behind that step). Each boundary
+    starts the vote on this process's flag (the max over processes, computed on the devices) and
+    reads the one the previous boundary started, which ran before the step now in flight. Every
+    process reads the same votes at the same boundaries, so they stop together, one boundary after
+    the one where a single process stops. One process: the flag itself, at once. (Every process
+    must call it at the same boundaries.)"""
+
+    def __init__(self):
+        self.pending = None
+        self._max = None
+
+    def _start(self, flag: bool):
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        if self._max is None:
+            mesh = Mesh(np.array(jax.devices()).reshape(jax.process_count(), jax.local_device_count()),
+                        ("processes", "local"))
+            self._sharding = NamedSharding(mesh, PartitionSpec("processes"))
+            self._max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
+        local = np.array([1 if flag else 0], np.int32)
+        return self._max(jax.make_array_from_process_local_data(self._sharding, local))
+
+    def __call__(self, flag: bool) -> bool:
+        import jax
+        if jax.process_count() == 1:
+            return flag
+        previous, self.pending = self.pending, self._start(flag)
+        return previous is not None and int(previous) > 0

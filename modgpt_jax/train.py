@@ -287,7 +287,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     from modgpt_jax import checkpoint as CK
     from modgpt_jax import sharding as S
     from modgpt_jax.components.attention import describe as describe_attention
-    from modgpt_jax.distributed import any_process
+    from modgpt_jax.distributed import StopVote
     cfg, t = run.cfg, run.cfg.train
     dev = jax.devices()[0]
     n_dev = jax.device_count()
@@ -356,6 +356,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     # never waits on the host between steps (batch, dispatch and logging cost ~3 ms of host time per
     # step at GPT-2 124M's batch and parameter count, docs/performance.md). The pending step is
     # read (drained) before anything that needs the state after it: evaluation, checkpoints, stop.
+    vote = StopVote()
     pending = None  # (iteration, Trainer.dispatch's handle, time its host work began)
     last_done = 0.0  # when the previous step's metrics arrived
 
@@ -401,7 +402,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
                 return 1
         if it >= t.max_iters:
             break
-        if any_process(stop.signal is not None):  # multi-process: every process stops at the same step
+        if vote(stop.signal is not None):  # multi-process: every process stops at the same step
             if pending is not None and not finish():
                 return 1
             if last_saved != it and not save(it):

@@ -61,6 +61,54 @@ def any_flag(d: Dist, flag: bool, device) -> bool:
     return bool(t.item() > 0)
 
 
+class StopVote:
+    """Whether to stop at this step boundary, agreed by all ranks without waiting for the device.
+
+    The loop keeps one step in flight, and a collective read at once (any_flag) would wait for it:
+    its all_reduce is queued behind the step. Here each boundary starts the all_reduce of this
+    rank's flag and reads the one the previous boundary started, which was queued before the step
+    now in flight (on a GPU its result is copied to pinned memory behind an event, so the read
+    waits for the vote only). Every rank reads the same votes at the same boundaries, so they stop
+    together, one boundary after the one where a single process would stop. Single process: the
+    flag itself, at once."""
+
+    def __init__(self, d: Dist, device):
+        self.d, self.device, self.pending = d, device, None
+
+    def __call__(self, flag: bool) -> bool:
+        if not self.d.enabled:
+            return flag
+        # torch.full launches a fill; torch.tensor([...], device=cuda) would copy from the host and
+        # wait for the stream, i.e. for the step in flight
+        t = torch.full((1,), 1.0 if flag else 0.0, device=self.device)
+        work = dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True)
+        work.wait()  # on a GPU: the current stream waits for the all_reduce, the host does not
+        event = None
+        if t.device.type == "cuda":
+            host = torch.empty(1, dtype=torch.float32, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            t = host
+        previous, self.pending = self.pending, (t, event)
+        if previous is None:
+            return False
+        value, event = previous
+        if event is not None:
+            event.synchronize()
+        return bool(value.item() > 0)
+
+
+def total(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    """The sum of a scalar tensor over ranks, on the device, without waiting for it (float64 on
+    the CPU, float32 on a GPU); x itself in a single process."""
+    if not d.enabled:
+        return x
+    t = x.detach().to(torch.float64 if x.device.type == "cpu" else torch.float32).reshape(1).clone()
+    dist.all_reduce(t)
+    return t[0]
+
+
 def mean(d: Dist, x: float, device) -> float:
     if not d.enabled:
         return x

@@ -189,9 +189,10 @@ class Step:
 
     def __init__(self, it: int, loss_sum, norm, finite, lr: float, began: float, tokens: int):
         self.it, self.lr, self.began, self.tokens = it, lr, began, tokens
-        vals = torch.stack([loss_sum.float(), norm.float(), finite.float()])
+        cuda = loss_sum.device.type == "cuda"
+        vals = torch.stack([x.to(torch.float32 if cuda else torch.float64) for x in (loss_sum, norm, finite)])
         self.event = None
-        if vals.device.type == "cuda":
+        if cuda:
             self.host = torch.empty(3, dtype=torch.float32, pin_memory=True)
             self.host.copy_(vals, non_blocking=True)
             self.event = torch.cuda.Event(enable_timing=True)
@@ -208,11 +209,12 @@ class Step:
         loss, norm, finite = self.host.tolist()
         return loss, norm, finite == 1.0
 
-    def seconds(self, prev: "Step | None") -> float:
+    def seconds(self, prev: "Step | None", last_done: float) -> float:
         """The step's time: from the previous step's completion when that was still pending as this
-        one was launched (prev), measured on the device's clock; else from its own host work."""
+        one was launched (prev), measured on the device's clock; else from its own host work or the
+        previous step's read (last_done), whichever came later."""
         if prev is None:
-            return self.done_at - self.began
+            return self.done_at - max(self.began, last_done)
         if self.event is not None:
             return prev.event.elapsed_time(self.event) / 1000
         return self.done_at - prev.done_at
@@ -320,8 +322,10 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
 
     def batch(split, it, micro=0):
         x, y = sampler.get(split, it, micro)
-        x, y = torch.from_numpy(x).to(device, non_blocking=True), torch.from_numpy(y).to(device, non_blocking=True)
-        return x, y
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if device.type == "cuda":  # from pinned memory the copy is asynchronous; from pageable memory
+            x, y = x.pin_memory(), y.pin_memory()  # it may wait for the stream (the step in flight)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     # -- report, log header ---------------------------------------------------------------------
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -381,6 +385,11 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")  # inf: scale clamps to exactly 1
     it = start
     saved_at = start if ck is not None else None  # the iteration of the newest checkpoint on disk
+    vote = P.StopVote(d, device)
+    last_done = 0.0  # when the previous step's metrics were read
+
+    def logged(i: int) -> bool:
+        return i % t.log_interval == 0 or i == t.max_iters - 1
     pending = None  # deferred: the launched step whose metrics are not read yet (a Step)
     overlapped = None  # the step that was still pending when `pending` was launched
 
@@ -388,8 +397,10 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
         """Read a step's metrics (waiting for it), count or refuse it if non-finite, log it. prev: the
         step still in flight when s was launched. False: non-finite without --skip_nonfinite; the
         failure is recorded and the run stops."""
-        nonlocal skipped
+        nonlocal skipped, last_done
         loss_sum, norm, ok = s.read()
+        dt = s.seconds(prev, last_done)
+        last_done = s.done_at
         if not ok:
             if not t.skip_nonfinite:
                 msg = loop.nonfinite_message(s.it, loss_sum, norm, last_ckpt)
@@ -402,9 +413,9 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             if d.is_main:
                 log.event("skipped_step", iter=s.it, message=f"non-finite loss/grad norm; {skipped} skipped")
         stats = {"loss": None}
-        if s.it % t.log_interval == 0 or s.it == t.max_iters - 1:
-            stats = loop.iter_stats(cfg, P.mean(d, loss_sum, device), s.lr, norm, s.seconds(prev), peak,
-                                    d.world, peak_memory(device), s.tokens, skipped)
+        if logged(s.it):  # loss_sum: summed over ranks when the step was launched
+            stats = loop.iter_stats(cfg, loss_sum / d.world, s.lr, norm, dt, peak, d.world,
+                                    peak_memory(device), s.tokens, skipped)
             if d.is_main:
                 log.iter(iter=s.it, **stats)
         progress.step(s.it, stats)
@@ -431,7 +442,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
                     saved_at = it
             if it == t.max_iters:
                 break
-            if P.any_flag(d, stop.set, device):  # under torchrun every rank stops at the same step
+            if vote(stop.set):  # under torchrun every rank stops at the same step (one step later)
                 if not drain():
                     return 1
                 if saved_at != it:
@@ -470,16 +481,17 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
                 opt.found_inf = (~finite).to(torch.float32)  # 1: the fused kernel leaves all state as is
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                step = Step(it, loss_sum, norm, finite, lr, t0, tokens_seen)
+                step = Step(it, P.total(d, loss_sum) if logged(it) else loss_sum, norm, finite, lr, t0, tokens_seen)
                 done, prev, pending, overlapped = pending, overlapped, step, pending
                 if done is not None and not finish(done, prev):
                     return 1
             else:
                 if bool(finite.item()):
                     scaler.step(opt)
-                    scaler.update()
+                scaler.update()  # also after a skipped step: unscale_ then update is one cycle (fp16)
                 opt.zero_grad(set_to_none=True)
-                if not finish(Step(it, loss_sum, norm, finite, lr, t0, tokens_seen), None):
+                step = Step(it, P.total(d, loss_sum) if logged(it) else loss_sum, norm, finite, lr, t0, tokens_seen)
+                if not finish(step, None):
                     return 1
             it += 1
     except SaveFailed as e:

@@ -84,10 +84,12 @@ def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
 
 
 def test_processes_agree_on_stop(data_dir, tmp_path):
-    """SIGTERM to process 1 only, while step 2 runs: both processes stop at boundary 3 (they vote
-    every step, modgpt_jax.distributed.any_process), write checkpoint 3 together, process 0 writes
-    the end record and says so, both exit 0. Without the vote process 0 would go on into step 3's
-    collectives alone and hang."""
+    """SIGTERM to process 1 only, while step 2 runs: both processes stop at boundary 4, write
+    checkpoint 4 together, process 0 writes the end record and says so, both exit 0. They vote at
+    every boundary without waiting for the step in flight (modgpt_jax.distributed.StopVote: each
+    boundary reads the vote the previous one started), hence one boundary after the 3 a single
+    process stops at. Without the vote process 0 would go on into the next step's collectives
+    alone and hang."""
     import signal
 
     from modgpt import runlog
@@ -106,8 +108,8 @@ def test_processes_agree_on_stop(data_dir, tmp_path):
         raise
     outs = finish(procs)
     said = [ln for ln in outs[0][0].splitlines() if ln.startswith("stopped by")]
-    assert len(said) == 1 and said[0].startswith("stopped by a signal on another process at iteration 3;"), said
+    assert len(said) == 1 and said[0].startswith("stopped by a signal on another process at iteration 4;"), said
     assert "--init_from=resume" in said[0]
     end = [r for r in runlog.read(out) if r["type"] == "end"][-1]
-    assert end["status"] == "interrupted" and end["iter"] == 3
-    assert sorted(int(d) for d in os.listdir(out / "checkpoints")) == [0, 3]
+    assert end["status"] == "interrupted" and end["iter"] == 4
+    assert sorted(int(d) for d in os.listdir(out / "checkpoints")) == [0, 4]

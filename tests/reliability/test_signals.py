@@ -61,8 +61,10 @@ def test_signal_during_startup(backend, runner, reference, h, tmp_path):
 
 @pytest.mark.distributed
 def test_torchrun_ranks_agree_on_stop(runner, h, tmp_path):
-    """SIGTERM to rank 1 only: both ranks stop at the same boundary (parallel.any_flag), rank 0
-    writes the checkpoint and the end record, torchrun exits 0."""
+    """SIGTERM to rank 1 only: both ranks stop at the same boundary, rank 0 writes the checkpoint
+    and the end record, torchrun exits 0. The ranks vote without waiting for the step in flight
+    (parallel.StopVote: each boundary reads the vote the previous one started), so they stop one
+    boundary after the one a single process stops at."""
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "modgpt_torch.train", *runner.cmd("torch")[3:], "--batch_size=4", "--parallel=ddp",
@@ -73,7 +75,7 @@ def test_torchrun_ranks_agree_on_stop(runner, h, tmp_path):
     rc, rest, err = p.finish()
     assert rc == 0, err[-3000:]
     said = [line for line in rest.splitlines() if line.startswith("stopped by")]
-    assert len(said) == 1 and f"at iteration {STOP_AT};" in said[0] and "--init_from=resume" in said[0], rest
+    assert len(said) == 1 and f"at iteration {STOP_AT + 1};" in said[0] and "--init_from=resume" in said[0], rest
     end = h.end_record(out)
-    assert end["status"] == "interrupted" and end["iter"] == STOP_AT
-    assert h.checkpoint_iters("torch", out)[-1] == STOP_AT
+    assert end["status"] == "interrupted" and end["iter"] == STOP_AT + 1
+    assert h.checkpoint_iters("torch", out)[-1] == STOP_AT + 1

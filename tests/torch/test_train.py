@@ -165,3 +165,16 @@ def test_next_step_is_launched_before_the_last_is_read(data_dir, tmp_path, monke
             signal.signal(s, h)
     assert trace == ["eval0", "update", "update", "log0", "update", "log1", "log2", "eval3",
                      "update", "update", "log3", "log4", "eval5"]
+
+
+def test_float16_skips_nonfinite_steps(data_dir, tmp_path):
+    """float16 with --skip_nonfinite: a skipped step still closes GradScaler's unscale_/update cycle
+    (it used to raise "unscale_() has already been called" on the next step). lr 1e30 makes every
+    step after the first non-finite."""
+    out = str(tmp_path / "run")
+    run("modgpt_torch.train", *TINY, "--dtype=float16", "--skip_nonfinite=True", "--learning_rate=1e30",
+        "--warmup_iters=0", "--min_lr=0", "--max_iters=4", "--eval_interval=4", f"--data_dir={data_dir}",
+        f"--out_dir={out}")
+    recs = runlog.read(out)
+    assert [r["iter"] for r in recs if r["type"] == "event" and r["event"] == "skipped_step"] == [1, 2, 3]
+    assert recs[-1]["type"] == "end" and recs[-1]["status"] == "completed"

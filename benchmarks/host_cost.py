@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 
@@ -33,6 +34,9 @@ def main() -> None:
     from modgpt.presets import PRESETS
     from modgpt_jax.train import Trainer
     path = D.dataset_dir(a.data_dir, "shakespeare_char")
+    if not os.path.isfile(os.path.join(path, "meta.json")):  # as the train commands do
+        from modgpt.prepare import prepare
+        prepare("shakespeare_char", data_dir=a.data_dir, progress=False)
     cfg = C.Config().replace(**PRESETS[a.preset], n_layer=a.n_layer, n_head=2, n_embd=32, block_size=16,
                              vocab_size=65, batch_size=16)
     tr = Trainer(cfg)

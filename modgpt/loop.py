@@ -366,6 +366,11 @@ def eval_due(it: int, cfg: C.Config) -> bool:
     return it % cfg.train.eval_interval == 0 or it == cfg.train.max_iters
 
 
+def log_due(it: int, cfg: C.Config) -> bool:
+    """Log (and print) iteration `it`: every log_interval and the last one."""
+    return it % cfg.train.log_interval == 0 or it == cfg.train.max_iters - 1
+
+
 def iter_stats(cfg: C.Config, loss: float, lr: float, grad_norm: float, dt: float, peak: float | None,
                n_devices: int, peak_mem: int | None, tokens_seen: int, skipped: int) -> dict:
     tps = tokens_per_iter(cfg) / dt if dt > 0 else 0.0

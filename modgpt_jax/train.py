@@ -361,8 +361,10 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     last_done = 0.0  # when the previous step's metrics arrived
 
     def finish() -> bool:
-        """Wait for the pending step and log it; False: it was non-finite and the run stops."""
+        """Wait for the pending step, if any, and log it; False: it was non-finite and the run stops."""
         nonlocal pending, skipped, last_done
+        if pending is None:
+            return True
         p_it, handle, began = pending
         pending = None
         m = trainer.collect(handle)
@@ -380,7 +382,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
                 prog.close()
                 print(f"error: {msg}", file=sys.stderr)
                 return False
-        if p_it % t.log_interval == 0 or p_it == t.max_iters - 1:
+        if loop.log_due(p_it, cfg):
             st = loop.iter_stats(cfg, m["loss"], m["lr"], m["grad_norm"], dt, peak, n_dev, peak_memory(),
                                  (p_it + 1) * loop.tokens_per_iter(cfg), skipped)
             log.iter(iter=p_it, **st)
@@ -391,7 +393,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
 
     while True:
         due = loop.eval_due(it, cfg)
-        if pending is not None and (due or it >= t.max_iters) and not finish():
+        if (due or it >= t.max_iters) and not finish():
             return 1
         if due:
             ev = trainer.evaluate(sampler)
@@ -403,7 +405,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
         if it >= t.max_iters:
             break
         if vote(stop.signal is not None):  # multi-process: every process stops at the same step
-            if pending is not None and not finish():
+            if not finish():
                 return 1
             if last_saved != it and not save(it):
                 return 1
@@ -427,7 +429,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
             log.event("step_memory", iter=it, message=msg, floor_bytes=floor,
                       **{f"{k}_bytes": v for k, v in pm.items()})
             prog.message(msg)
-        if pending is not None and not finish():
+        if not finish():
             return 1
         pending = (it, handle, began)
         it += 1

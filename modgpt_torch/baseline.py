@@ -164,7 +164,7 @@ def train(run) -> int:
         lossf = loss.item() * accum  # the host sync that ends the timed step (as nanoGPT's loop)
         done = time.time()
         dt = done - t0
-        if it % t.log_interval == 0 or it == t.max_iters - 1:
+        if loop.log_due(it, cfg):
             mem = (torch.cuda.max_memory_allocated(device) if cuda
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
             log.iter(iter=it, **loop.iter_stats(cfg, lossf, lr, float(norm), dt, peak, 1, mem,

@@ -61,6 +61,19 @@ def any_flag(d: Dist, flag: bool, device) -> bool:
     return bool(t.item() > 0)
 
 
+def to_host(t: torch.Tensor, timing: bool = False):
+    """(host copy, event) of a device tensor without waiting: on a GPU a non-blocking copy into
+    pinned memory with an event recorded right behind it (synchronize the event before reading the
+    copy; it waits for the work queued so far, not for later work); elsewhere (t, None)."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    event = torch.cuda.Event(enable_timing=timing)
+    event.record()
+    return host, event
+
+
 class StopVote:
     """Whether to stop at this step boundary, agreed by all ranks without waiting for the device.
 
@@ -83,14 +96,7 @@ class StopVote:
         t = torch.full((1,), 1.0 if flag else 0.0, device=self.device)
         work = dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True)
         work.wait()  # on a GPU: the current stream waits for the all_reduce, the host does not
-        event = None
-        if t.device.type == "cuda":
-            host = torch.empty(1, dtype=torch.float32, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            t = host
-        previous, self.pending = self.pending, (t, event)
+        previous, self.pending = self.pending, to_host(t)
         if previous is None:
             return False
         value, event = previous

@@ -189,16 +189,8 @@ class Step:
 
     def __init__(self, it: int, loss_sum, norm, finite, lr: float, began: float, tokens: int):
         self.it, self.lr, self.began, self.tokens = it, lr, began, tokens
-        cuda = loss_sum.device.type == "cuda"
-        vals = torch.stack([x.to(torch.float32 if cuda else torch.float64) for x in (loss_sum, norm, finite)])
-        self.event = None
-        if cuda:
-            self.host = torch.empty(3, dtype=torch.float32, pin_memory=True)
-            self.host.copy_(vals, non_blocking=True)
-            self.event = torch.cuda.Event(enable_timing=True)
-            self.event.record()
-        else:
-            self.host = vals
+        dtype = torch.float32 if loss_sum.device.type == "cuda" else torch.float64
+        self.host, self.event = P.to_host(torch.stack([x.to(dtype) for x in (loss_sum, norm, finite)]), timing=True)
         self.done_at = None if self.event is not None else time.time()
 
     def read(self) -> tuple[float, float, bool]:
@@ -388,8 +380,6 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     vote = P.StopVote(d, device)
     last_done = 0.0  # when the previous step's metrics were read
 
-    def logged(i: int) -> bool:
-        return i % t.log_interval == 0 or i == t.max_iters - 1
     pending = None  # deferred: the launched step whose metrics are not read yet (a Step)
     overlapped = None  # the step that was still pending when `pending` was launched
 
@@ -413,7 +403,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             if d.is_main:
                 log.event("skipped_step", iter=s.it, message=f"non-finite loss/grad norm; {skipped} skipped")
         stats = {"loss": None}
-        if logged(s.it):  # loss_sum: summed over ranks when the step was launched
+        if loop.log_due(s.it, cfg):  # loss_sum: summed over ranks when the step was launched
             stats = loop.iter_stats(cfg, loss_sum / d.world, s.lr, norm, dt, peak, d.world,
                                     peak_memory(device), s.tokens, skipped)
             if d.is_main:
@@ -480,19 +470,18 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             if deferred:
                 opt.found_inf = (~finite).to(torch.float32)  # 1: the fused kernel leaves all state as is
                 opt.step()
-                opt.zero_grad(set_to_none=True)
-                step = Step(it, P.total(d, loss_sum) if logged(it) else loss_sum, norm, finite, lr, t0, tokens_seen)
+            elif bool(finite.item()):
+                scaler.step(opt)
+            scaler.update()  # also after a skipped step: unscale_ then update is one cycle (fp16)
+            opt.zero_grad(set_to_none=True)
+            step = Step(it, P.total(d, loss_sum) if loop.log_due(it, cfg) else loss_sum, norm, finite, lr, t0,
+                        tokens_seen)
+            if deferred:  # read the previous step now, this one at the next boundary
                 done, prev, pending, overlapped = pending, overlapped, step, pending
-                if done is not None and not finish(done, prev):
-                    return 1
             else:
-                if bool(finite.item()):
-                    scaler.step(opt)
-                scaler.update()  # also after a skipped step: unscale_ then update is one cycle (fp16)
-                opt.zero_grad(set_to_none=True)
-                step = Step(it, P.total(d, loss_sum) if logged(it) else loss_sum, norm, finite, lr, t0, tokens_seen)
-                if not finish(step, None):
-                    return 1
+                done, prev = step, None
+            if done is not None and not finish(done, prev):
+                return 1
             it += 1
     except SaveFailed as e:
         if d.is_main:

@@ -81,14 +81,35 @@ def make_train_step(graphdef, cfg: Config, tx: optax.GradientTransformation):
                                         (xs, ys, jnp.arange(accum)))
         norm = global_norm(grads)
         grads = clip(grads, norm, t.grad_clip)
-        hp = dict(opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
-        opt_state_lr = opt_state._replace(hyperparams=hp)
-        updates, new_opt = tx.update(grads, opt_state_lr, params)
-        new_params = optax.apply_updates(params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        return keep(new_params, params), keep(new_opt, opt_state_lr), dict(loss=loss, grad_norm=norm, ok=ok)
+        new_params, new_opt = gated_update(tx, grads, opt_state, params, lr, ok)
+        return new_params, new_opt, dict(loss=loss, grad_norm=norm, ok=ok)
     return step
+
+
+def gated_update(tx: optax.GradientTransformation, grads, opt_state, params, lr, ok):
+    """(params, opt_state) after one AdamW step (make_optimizer) at learning rate lr where ok, else
+    as they were (bit for bit; a zero moment may lose its sign).
+
+    Selecting the whole new state with where(ok, new, old) made XLA copy both AdamW moments at the
+    start of the step (every moment, live across the forward and backward: 6 MiB of the CPU gpt2
+    step, 1 GB at GPT-2 124M): it fused the moments' update into the parameters' update as well, so
+    that read the old moments after the selected ones had been written over them in the donated
+    buffers. Here the step is gated at its inputs instead: where not ok the moments' decays are 1 and
+    the gradients 0, so AdamW itself leaves them as they were, and the parameters' update reads the
+    moments it writes, one fusion as without the gate (docs/performance.md, Session 9). The scalar
+    state (step counts, hyperparameters) is selected."""
+    hp = opt_state.hyperparams
+    one = jnp.float32(1.0)
+    gate = dict(hp, learning_rate=jnp.asarray(lr, jnp.float32), b1=jnp.where(ok, hp["b1"], one),
+                b2=jnp.where(ok, hp["b2"], one))
+    grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros((), g.dtype)), grads)
+    updates, new_opt = tx.update(grads, opt_state._replace(hyperparams=gate), params)
+    new_params = jax.tree.map(lambda n, p: jnp.where(ok, n, p), optax.apply_updates(params, updates), params)
+    old = opt_state._replace(hyperparams=dict(gate, b1=hp["b1"], b2=hp["b2"]))
+    new_opt = jax.tree.map(lambda n, o: jnp.where(ok, n, o) if jnp.ndim(n) == 0 else n,
+                           new_opt._replace(hyperparams=old.hyperparams), old)
+    return new_params, new_opt
 
 
 def jit_train_step(step, param_sh, opt_sh, batch_sh, repl):

@@ -15,9 +15,9 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt_jax.components import ATTENTION, FFNS, NORMS, POSITIONS
-from modgpt_jax.components.attention import recompute_probabilities
 from modgpt_jax.components.dropout import AttentionDropout, Dropout
 from modgpt_jax.components.layers import dense, embed
+from modgpt_jax.components.positions import PositionEncoding
 
 LAYER_AXIS = "layers"  # logical name of the stacked-layer dim when scan_layers=True
 
@@ -44,11 +44,17 @@ class CausalSelfAttention(nnx.Module):
         self.resid_drop = Dropout(cfg.dropout)
         self.kernel = ATTENTION.get(cfg.attention_backend)
         self.pos = pos  # param-free hooks object (static)
+        # rotated q and k are new tensors (a q/k norm's backward reads the projection's q and k)
+        self.v_apart = type(pos).rotate is not PositionEncoding.rotate and not cfg.qk_norm
 
     def __call__(self, x_BxTxD, pos_T, mask=None, key=None):
         B, T, D = x_BxTxD.shape
         nh, nkv, hd = self.n_head, self.n_kv, self.hd
-        q, k, v = jnp.split(self.qkv(x_BxTxD), [nh * hd, (nh + nkv) * hd], axis=-1)  # head h = cols h*hd..
+        if self.v_apart:  # q and k become new tensors below; v its own (Linear.split)
+            qk, v = self.qkv.split(x_BxTxD, (nh + nkv) * hd)
+            q, k = jnp.split(qk, [nh * hd], axis=-1)
+        else:
+            q, k, v = jnp.split(self.qkv(x_BxTxD), [nh * hd, (nh + nkv) * hd], axis=-1)  # head h = cols h*hd..
         q = q.reshape(B, T, nh, hd)  # (B, T, nh, hd)
         k, v = (t.reshape(B, T, nkv, hd) for t in (k, v))  # (B, T, nkv, hd)
         if self.qk_norm:
@@ -118,12 +124,6 @@ class GPT(nnx.Module):
             self.lm_head = (None if cfg.weight_tying else
                             dense(cfg.n_embd, cfg.vocab_size, False, cfg.init_std, ("embed", "vocab"), rngs))
 
-    def _run_blocks(self, x, pos_T, mask, key):
-        if self.remat:  # the attention's probabilities are recomputed too (CPU kernel; cuDNN's anyway)
-            with recompute_probabilities():
-                return self._blocks(x, pos_T, mask, key)
-        return self._blocks(x, pos_T, mask, key)
-
     def _blocks(self, x, pos_T, mask, key):
         L = self.cfg.n_layer
         keys = None if key is None else jax.random.split(key, L)
@@ -163,7 +163,7 @@ class GPT(nnx.Module):
         k_emb, k_blocks = _split(key, 2)
         x = self.pos.embed(self.wte(idx_BxT), self.wpe, pos_T)  # (B, T, D)
         x = self.drop(x, deterministic=key is None, rngs=k_emb)
-        x = self._run_blocks(x, pos_T, mask, k_blocks)
+        x = self._blocks(x, pos_T, mask, k_blocks)
         if self.norm_f is not None:
             x = self.norm_f(x)
         # tied: the token embedding is the LM head (logits = x @ wte.T)

@@ -8,7 +8,6 @@ jax.nn.dot_product_attention uses natively).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -85,10 +84,9 @@ def _scores(qs, k, i: int, c: int):
 def _causal_fwd(q, k, v, n_blocks, rate, keep, key):
     """q, k, v (B, nh, T, hd). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
     fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work).
-    keep: the backward reads the probabilities kept here (the fastest on the CPU); else only each
-    row's max and log-sum are kept (the floor's attention activations, modgpt.memory) and the
-    backward computes the scores again and P from them with the same formula, the forward's P bit
-    for bit (docs/performance.md: 3-8% slower on the CPU without remat, 1.45 -> 1.14x the floor).
+    keep: the backward reads the probabilities kept here; else (the model's choice) only each row's
+    max and log-sum are kept (the floor's attention activations, modgpt.memory) and the backward
+    computes the scores again and P from them with the same formula, the forward's P bit for bit.
     rate > 0: attention dropout on P with `key`; the backward draws the masks again instead of
     keeping them (an elementwise hash XLA fuses into the matmul inputs; dropout.keep_mask)."""
     T = q.shape[-2]
@@ -103,23 +101,24 @@ def _causal_fwd(q, k, v, n_blocks, rate, keep, key):
         kept.append(p if keep else (m, ls))
         pd = drop(p, key, rate, *_window(p, i * c, T)) if rate else p
         ys.append(pd @ v[..., :S, :])
-    y = jnp.concatenate(ys, axis=-2)
-    return y, (qs, k, v, kept, y, key)
+    return jnp.concatenate(ys, axis=-2), (qs, k, v, kept, key)
 
 
 def _causal_bwd(n_blocks, rate, keep, res, dy):
-    """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(dY * Y)),
-    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY (rowsum(dY * Y) = rowsum(P * dP)).
+    """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(P * dP)),
+    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY. Each query block holds whole rows of
+    P, so rowsum(P * dP) is taken there; flash kernels use the equal rowsum(dY * Y) instead, but
+    reading Y kept the attention output twice for the backward (here and, transposed, for the output
+    projection's weight gradient: 1.5 MiB per layer at the CPU size, docs/performance.md Session 9).
     With dropout, Y = drop(P) V: dV = drop(P)^T dY and dP = drop(dY V^T) (the same mask and
     scale), and rowsum(P * dP) is still rowsum(dY * Y)."""
-    qs, k, v, kept, y, key = res
+    qs, k, v, kept, key = res
     k, v = fresh(k, dy), fresh(v, dy)  # slice k and v anew here, so the forward's slices are freed
     if not keep:  # q's blocks too (XLA kept a transposed copy of them otherwise)
         qs = fresh(qs, dy)
     T = qs.shape[-2]
     c = T // n_blocks
     scale = jnp.asarray(1.0 / math.sqrt(qs.shape[-1]), qs.dtype)
-    delta = jnp.sum(dy.astype(jnp.float32) * y.astype(jnp.float32), axis=-1, keepdims=True)
     dq, dk, dv = [], 0, 0
     for i in range(n_blocks):
         S = (i + 1) * c
@@ -134,7 +133,9 @@ def _causal_bwd(n_blocks, rate, keep, res, dy):
         pd = p
         if rate:
             pd, dp = _dropped_again(p, dp, key, rate, *_window(p, i * c, T))
-        ds = (p.astype(jnp.float32) * (dp - delta[..., i * c:S, :])).astype(qs.dtype)  # (B, nh, c, S)
+        pf = p.astype(jnp.float32)
+        delta = jnp.sum(pf * dp, axis=-1, keepdims=True)
+        ds = (pf * (dp - delta)).astype(qs.dtype)  # (B, nh, c, S)
         dq.append((ds @ k[..., :S, :]) * scale)
         pad = [(0, 0)] * (qs.ndim - 2) + [(0, T - S), (0, 0)]  # keys past S got nothing from block i
         dk = dk + jnp.pad(_tn(ds, qs[..., i * c:S, :]), pad)
@@ -149,27 +150,13 @@ def _causal(q, k, v, n_blocks, rate, keep, key):
 
 _causal.defvjp(_causal_fwd, _causal_bwd)
 
-_keep_probabilities = True  # read while tracing; recompute_probabilities() turns it off
-
-
-@contextlib.contextmanager
-def recompute_probabilities():
-    """Trace the attention inside with a backward that computes the probabilities again instead of
-    keeping them (the model does this under remat, which trades compute for memory anyway)."""
-    global _keep_probabilities
-    before, _keep_probabilities = _keep_probabilities, False
-    try:
-        yield
-    finally:
-        _keep_probabilities = before
-
-
-def causal_attention(q, k, v, n_blocks: int = 1, dropout=None, keep: bool | None = None):
+def causal_attention(q, k, v, n_blocks: int = 1, dropout=None, keep: bool = False):
     """Causal softmax attention on (B, nh, T, hd), T == S, scale 1/sqrt(hd), float32 softmax, with a
     hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks.
-    dropout: an AttentionDropout (rate and key) applied to the probabilities. keep: whether the
-    backward keeps the probabilities or computes them again (default: recompute_probabilities)."""
-    keep = _keep_probabilities if keep is None else keep
+    dropout: an AttentionDropout (rate and key) applied to the probabilities. keep: the backward
+    reads the forward's probabilities rather than computing them again (the same numbers; on the
+    CPU a few percent faster and about 1.3 x the memory floor instead of 1.03-1.08, so not the
+    model's choice: docs/performance.md Session 9)."""
     if dropout is None:
         return _causal(q, k, v, n_blocks, 0.0, keep, None)
     return _causal(q, k, v, n_blocks, dropout.rate, keep, dropout.key)

@@ -44,6 +44,25 @@ class Linear(nnx.Linear):
         y = matmul(x, kernel)
         return y if bias is None else y + bias
 
+    def split(self, inputs, at: int):
+        """(inputs @ W[:, :at] + b[:at], inputs @ W[:, at:] + b[at:]): the layer's output in two
+        column blocks, each its own matmul and so its own buffer. The attention splits its
+        projection so under RoPE, where q and k are rotated into new tensors, v does not keep the
+        whole projection output alive for the backward (XLA keeps a slice's source; llama at the
+        CPU size: 3 MiB per layer, docs/performance.md Session 9)."""
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
+        if jax.default_backend() == "cpu":
+            mm = matmul
+        else:
+            def mm(a, w):
+                return jax.lax.dot_general(a, w, (((a.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        out = []
+        for cols in (slice(None, at), slice(at, None)):
+            y = mm(x, kernel[:, cols])
+            out.append(y if bias is None else y + bias[cols])
+        return tuple(out)
+
 
 def dense(n_in: int, n_out: int, bias: bool, std: float, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
     """Linear (an nnx.Linear) with kernel (in, out) ~ N(0, std), bias 0; kernel axes are logical names."""

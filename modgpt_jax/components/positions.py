@@ -75,9 +75,16 @@ class RoPE(PositionEncoding):
         cos, sin = rope_cos_sin(pos_T, q.shape[-1], self.cfg.rope_theta)
         cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd): broadcast over B and heads
 
+        half = q.shape[-1] // 2
+        c, s = cos[..., :half], sin[..., :half]  # both halves of the tables are the same angles
+
         def rot(x):
-            x32 = x.astype(jnp.float32)
-            return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+            """x * cos + rotate_half(x) * sin, half by half (the same products and sums, so the same
+            numbers): written with rotate_half, XLA kept x and rotate_half(x) for the backward and
+            fused the rotation into each reader of q and k, the projection output and a copy of it
+            alive per layer; one concatenate of the two rotated halves is a tensor of its own."""
+            x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+            return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
         return rot(q), rot(k)
 
 

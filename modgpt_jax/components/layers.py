@@ -1,6 +1,8 @@
 """Linear and embedding layers with the contract's init and logical axis names."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,6 +35,32 @@ def _matmul_bwd(res, dy):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul_split(x, w, at: int):
+    """(x @ w[:, :at], x @ w[:, at:]): two matmuls, two output buffers, with matmul's CPU backward
+    reading one transposed copy of x for both weight gradients (two `matmul`s would keep x in two
+    layouts when the blocks' widths pick different forms, as v's narrower block does under
+    grouped-query attention)."""
+    return x @ w[:, :at], x @ w[:, at:]
+
+
+def _matmul_split_fwd(x, w, at):
+    return matmul_split(x, w, at), (x, w)
+
+
+def _matmul_split_bwd(at, res, dys):
+    x, w = res
+    dy1, dy2 = dys
+    x2 = x.reshape(-1, x.shape[-1])
+    xt = jax.lax.optimization_barrier(x2.T)  # (in, N), shared by both blocks' weight gradients
+    dw = jnp.concatenate([xt @ d.reshape(-1, d.shape[-1]) for d in (dy1, dy2)], axis=-1)
+    dx = dy1 @ w[:, :at].T + dy2 @ w[:, at:].T
+    return dx, dw.astype(w.dtype)
+
+
+matmul_split.defvjp(_matmul_split_fwd, _matmul_split_bwd)
+
+
 class Linear(nnx.Linear):
     """nnx.Linear (same parameters) whose matmul has the CPU-friendly backward above on CPU."""
 
@@ -46,22 +74,21 @@ class Linear(nnx.Linear):
 
     def split(self, inputs, at: int):
         """(inputs @ W[:, :at] + b[:at], inputs @ W[:, at:] + b[at:]): the layer's output in two
-        column blocks, each its own matmul and so its own buffer. The attention splits its
+        column blocks, each its own matmul and so its own buffer (on the CPU one custom VJP for both,
+        matmul_split, so the backward reads one layout of the input). The attention splits its
         projection so under RoPE, where q and k are rotated into new tensors, v does not keep the
         whole projection output alive for the backward (XLA keeps a slice's source; llama at the
         CPU size: 3 MiB per layer, docs/performance.md Session 9)."""
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
         if jax.default_backend() == "cpu":
-            mm = matmul
-        else:
-            def mm(a, w):
-                return jax.lax.dot_general(a, w, (((a.ndim - 1,), (0,)), ((), ())), precision=self.precision)
-        out = []
-        for cols in (slice(None, at), slice(at, None)):
-            y = mm(x, kernel[:, cols])
-            out.append(y if bias is None else y + bias[cols])
-        return tuple(out)
+            out = matmul_split(x, kernel, at)
+        else:  # GPU/TPU: autodiff's dot_generals (transposes are free there)
+            out = tuple(jax.lax.dot_general(x, kernel[:, cols], (((x.ndim - 1,), (0,)), ((), ())),
+                                            precision=self.precision) for cols in (slice(None, at), slice(at, None)))
+        if bias is None:
+            return out
+        return out[0] + bias[:at], out[1] + bias[at:]
 
 
 def dense(n_in: int, n_out: int, bias: bool, std: float, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:

@@ -73,16 +73,19 @@ def _dropped_again(p, dpd, key, rate, start=None, full=None):
     return drop(fresh(p, dpd), key, rate, start, full), drop(dpd, key, rate, start, full)
 
 
-def _scores(qs, k, i: int, c: int):
-    """Scaled scores of query block i (rows i*c..(i+1)*c) against keys 0..(i+1)*c, causally masked,
-    float32: (B, nh, c, (i+1)*c)."""
+def _scores(qs, k, i: int, c: int, bias=None):
+    """Scaled scores of query block i (rows i*c..(i+1)*c) against keys 0..(i+1)*c, plus that window
+    of the additive bias (T, T) or (nh, T, T) if any, causally masked, float32: (B, nh, c, (i+1)*c)."""
     S = (i + 1) * c
     s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
+    if bias is not None:
+        s = s + bias[..., i * c:S, :S].astype(jnp.float32)
     return jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
 
 
-def _causal_fwd(q, k, v, n_blocks, rate, keep, key):
-    """q, k, v (B, nh, T, hd). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
+def _causal_fwd(q, k, v, bias, n_blocks, rate, keep, key):
+    """q, k, v (B, nh, T, hd); bias None or an additive (T, T) / (nh, T, T) score bias (ALiBi's:
+    a constant, so it gets no gradient). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
     fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work).
     keep: the backward reads the probabilities kept here; else (the model's choice) only each row's
     max and log-sum are kept (the floor's attention activations, modgpt.memory) and the backward
@@ -95,13 +98,13 @@ def _causal_fwd(q, k, v, n_blocks, rate, keep, key):
     ys, kept = [], []
     for i in range(n_blocks):
         S = (i + 1) * c
-        s = _scores(qs, k, i, c)
+        s = _scores(qs, k, i, c, bias)
         m, ls = _row_stats(s)
         p = _from_stats(s, m, ls).astype(v.dtype)
         kept.append(p if keep else (m, ls))
         pd = drop(p, key, rate, *_window(p, i * c, T)) if rate else p
         ys.append(pd @ v[..., :S, :])
-    return jnp.concatenate(ys, axis=-2), (qs, k, v, kept, key)
+    return jnp.concatenate(ys, axis=-2), (qs, k, v, bias, kept, key)
 
 
 def _causal_bwd(n_blocks, rate, keep, res, dy):
@@ -112,7 +115,7 @@ def _causal_bwd(n_blocks, rate, keep, res, dy):
     projection's weight gradient: 1.5 MiB per layer at the CPU size, docs/performance.md Session 9).
     With dropout, Y = drop(P) V: dV = drop(P)^T dY and dP = drop(dY V^T) (the same mask and
     scale), and rowsum(P * dP) is still rowsum(dY * Y)."""
-    qs, k, v, kept, key = res
+    qs, k, v, bias, kept, key = res
     k, v = fresh(k, dy), fresh(v, dy)  # slice k and v anew here, so the forward's slices are freed
     if not keep:  # q's blocks too (XLA kept a transposed copy of them otherwise)
         qs = fresh(qs, dy)
@@ -128,7 +131,7 @@ def _causal_bwd(n_blocks, rate, keep, res, dy):
         else:  # the statistics anew too: XLA otherwise keeps the forward's row max broadcast to the
             # whole block (its fusion's output) for this use, a block-sized buffer per layer
             m, ls = (fresh(a, dyi[..., :1]) for a in kept[i])
-            p = _from_stats(_scores(qs, k, i, c), m, ls).astype(v.dtype)
+            p = _from_stats(_scores(qs, k, i, c, bias), m, ls).astype(v.dtype)
         dp = jnp.matmul(dyi, jnp.swapaxes(v[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
         pd = p
         if rate:
@@ -140,34 +143,36 @@ def _causal_bwd(n_blocks, rate, keep, res, dy):
         pad = [(0, 0)] * (qs.ndim - 2) + [(0, T - S), (0, 0)]  # keys past S got nothing from block i
         dk = dk + jnp.pad(_tn(ds, qs[..., i * c:S, :]), pad)
         dv = dv + jnp.pad(_tn(pd, dyi), pad)
-    return jnp.concatenate(dq, axis=-2), dk, dv, None
+    return jnp.concatenate(dq, axis=-2), dk, dv, None, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _causal(q, k, v, n_blocks, rate, keep, key):
-    return _causal_fwd(q, k, v, n_blocks, rate, keep, key)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _causal(q, k, v, bias, n_blocks, rate, keep, key):
+    return _causal_fwd(q, k, v, bias, n_blocks, rate, keep, key)[0]
 
 
 _causal.defvjp(_causal_fwd, _causal_bwd)
 
-def causal_attention(q, k, v, n_blocks: int = 1, dropout=None, keep: bool = False):
+def causal_attention(q, k, v, n_blocks: int = 1, dropout=None, keep: bool = False, bias=None):
     """Causal softmax attention on (B, nh, T, hd), T == S, scale 1/sqrt(hd), float32 softmax, with a
     hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks.
     dropout: an AttentionDropout (rate and key) applied to the probabilities. keep: the backward
     reads the forward's probabilities rather than computing them again (the same numbers; on the
     CPU a few percent faster and about 1.3 x the memory floor instead of 1.03-1.08, so not the
-    model's choice: docs/performance.md Session 9)."""
+    model's choice: docs/performance.md Session 9). bias: an additive (T, T) or (nh, T, T) score
+    bias without gradient (ALiBi's), or None."""
     if dropout is None:
-        return _causal(q, k, v, n_blocks, 0.0, keep, None)
-    return _causal(q, k, v, n_blocks, dropout.rate, keep, dropout.key)
+        return _causal(q, k, v, bias, n_blocks, 0.0, keep, None)
+    return _causal(q, k, v, bias, n_blocks, dropout.rate, keep, dropout.key)
 
 
-def cpu_causal(q, k, v, dropout=None):
-    """(B, T, nh, hd) wrapper of causal_attention (kv heads repeated for grouped-query)."""
+def cpu_causal(q, k, v, dropout=None, bias=None):
+    """(B, T, nh, hd) wrapper of causal_attention (kv heads repeated for grouped-query); bias (T, T)
+    or (nh, T, T), or None."""
     if k.shape[2] != q.shape[2]:
         k, v = (jnp.repeat(t, q.shape[2] // k.shape[2], axis=2) for t in (k, v))
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-    return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2]), dropout), 1, 2)
+    return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2]), dropout, bias=bias), 1, 2)
 
 
 def _platform() -> str:
@@ -230,7 +235,7 @@ def _choice(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, mask: bool, 
     """The kernel sdpa runs for such a call here, and why cuDNN refused it (else None): "cpu"
     (causal_attention), "manual", "cudnn" or "xla". The one place sdpa and its reports decide it."""
     platform = _platform()
-    if platform == "cpu" and not bias and not mask and (not dropout or fusable_dropout):
+    if platform == "cpu" and not mask and (not dropout or fusable_dropout):
         return "cpu", None
     if dropout:
         return "manual", None
@@ -266,16 +271,16 @@ def describe(m, dtype: str) -> str:
 @ATTENTION.register("sdpa")
 def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     """jax.nn.dot_product_attention, as cuDNN flash attention on a GPU wherever cuDNN takes the call
-    (cudnn_refusal), else XLA's attention. On CPU, plain causal training attention runs
-    causal_attention instead (XLA's composite was about 2x slower here, docs/performance.md); same
-    function, float32 softmax. With attention dropout: on CPU causal_attention (the same masks as
+    (cudnn_refusal), else XLA's attention. On CPU, causal training attention (with or without a
+    position bias such as ALiBi's) runs causal_attention instead (XLA's composite was about 2x
+    slower here and keeps the T x S scores, docs/performance.md); same function, float32 softmax. With attention dropout: on CPU causal_attention (the same masks as
     manual's), elsewhere manual (the fused kernels have none)."""
     B, T, nh, hd = q.shape
     fusable_dropout = dropout is not None and fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate)
     kernel, _ = _choice(q.dtype, T, nh, k.shape[2], hd, bias is not None, mask is not None, dropout is not None,
                         fusable_dropout)
     if kernel == "cpu":
-        return cpu_causal(q, k, v, dropout)
+        return cpu_causal(q, k, v, dropout, bias)
     if kernel == "manual":
         return manual(q, k, v, bias, mask, dropout)
     if bias is not None:

@@ -136,4 +136,4 @@ def test_sdpa_kernel_names_what_runs(on_gpu):
 def test_sdpa_kernel_on_the_cpu():
     assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, 0.0) == "causal block kernel (CPU)"
     assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, 0.2).startswith("causal block kernel")
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, True, 0.0) == "XLA attention (T x S scores)"
+    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, True, 0.0) == "causal block kernel (CPU)"  # a bias too

@@ -61,6 +61,27 @@ def test_causal_attention_matches_autodiff(T, blocks):
         close(g, g_ref, floor=1.0)  # unit-normal inputs
 
 
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_causal_attention_with_a_bias_matches_autodiff(keep, per_head):
+    """An additive score bias (ALiBi's (nh, T, T), or one (T, T) for every head) inside the kernel:
+    values and q/k/v gradients as autodiff of the plain formula, the bias without gradient."""
+    q, k, v, dy = (rand(i, 2, 4, 128, 16) for i in range(4))
+    pos = jnp.arange(128, dtype=jnp.float32)
+    slopes = jnp.array([0.5, 0.25, 0.125, 0.0625]) if per_head else jnp.array(0.3)
+    bias = (slopes[..., None, None] if per_head else slopes) * (pos[None, :] - pos[:, None])
+    y, vjp = jax.vjp(lambda *a: A.causal_attention(*a, 4, None, keep, bias=bias), q, k, v)
+
+    def ref(q, k, v):
+        s = (q @ jnp.swapaxes(k, -1, -2)) / math.sqrt(16) + bias
+        s = jnp.where(jnp.tril(jnp.ones((128, 128), bool)), s, -jnp.inf)
+        return jax.nn.softmax(s, axis=-1) @ v
+    y_ref, vjp_ref = jax.vjp(ref, q, k, v)
+    close(y, y_ref)
+    for g, g_ref in zip(vjp(dy), vjp_ref(dy)):
+        close(g, g_ref, floor=1.0)  # unit-normal inputs
+
+
 LAYERS = 4  # stacked attention layers in the memory checks
 
 

@@ -74,7 +74,7 @@ def test_calculator_matches_xla(preset, attention):
     # On CPU, sdpa's causal kernel runs the query rows in nb blocks and skips the blocks above the
     # diagonal, so it performs (nb+1)/(2nb) of the T x T score and value matmuls; the calculator
     # keeps the PaLM convention (the full square) whatever the kernel skips. manual is the full square.
-    kernel = attention == "sdpa" and cfg.model.position_encoding != "alibi"
+    kernel = attention == "sdpa"  # the CPU causal kernel (ALiBi's bias included)
     nb = _query_blocks(T) if kernel else 1
     L = cfg.model.n_layer
     # Under RoPE the qkv projection is two matmuls ([q|k] and v: Linear.split, model.v_apart).

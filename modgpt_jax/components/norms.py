@@ -26,13 +26,28 @@ NORMS = Registry("normalization")
 # keeps x in its own dtype and the float32 row statistics, the floor's norm activations
 # (modgpt.memory), and rebuilds xhat from them; keeping the float32 xhat instead doubled that under
 # bfloat16.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x, weight, bias, eps: float):
-    """(x - mean) / sqrt(var + eps) * weight (+ bias) over the last dim; var biased, like torch."""
-    return _ln_fwd(x, weight, bias, eps)[0]
+def _anew(res, dy, all_of_them: bool):
+    """The norm's residuals (x, row statistics, weight, bias) for the backward: x read anew
+    (backward.fresh), and with all_of_them the statistics and weight too, each tied to a slice of dy
+    of its shape. For the per-head q/k norms XLA otherwise kept what its forward fusions made of
+    them, the row statistics and the weight broadcast to x's whole (B, T, heads, head_dim) shape
+    (12 MiB each over the CPU llama's 4 layers). The main norms plan the same either way and were
+    1-3% slower with it, so they read only x anew."""
+    row, col = dy[..., :1], dy[(0,) * (dy.ndim - 1)]  # (..., 1) and (D,)
+
+    def tie(r):
+        return fresh(r, dy if r.shape == dy.shape else row if r.ndim == dy.ndim else col)
+    return tuple(None if r is None else tie(r) if all_of_them or i == 0 else r for i, r in enumerate(res))
 
 
-def _ln_fwd(x, weight, bias, eps):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x, weight, bias, eps: float, per_head: bool):
+    """(x - mean) / sqrt(var + eps) * weight (+ bias) over the last dim; var biased, like torch.
+    per_head: a q/k norm over head_dim (its backward reads every residual anew, _anew)."""
+    return _ln_fwd(x, weight, bias, eps, per_head)[0]
+
+
+def _ln_fwd(x, weight, bias, eps, per_head):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     xc = x32 - mean
@@ -42,9 +57,9 @@ def _ln_fwd(x, weight, bias, eps):
     return y.astype(x.dtype), (x, mean, rstd, weight, bias)
 
 
-def _ln_bwd(eps, res, dy):
-    x, mean, rstd, weight, bias = res
-    xhat = (fresh(x, dy).astype(jnp.float32) - mean) * rstd  # the forward's xhat, bit for bit
+def _ln_bwd(eps, per_head, res, dy):
+    x, mean, rstd, weight, bias = _anew(res, dy, per_head)
+    xhat = (x.astype(jnp.float32) - mean) * rstd  # the forward's xhat, bit for bit
     dtype, dy = dy.dtype, dy.astype(jnp.float32)  # dy has y's dtype, which is x's
     lead = tuple(range(dy.ndim - 1))
     g = dy * weight
@@ -56,21 +71,21 @@ def _ln_bwd(eps, res, dy):
 layer_norm.defvjp(_ln_fwd, _ln_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def rms_norm(x, weight, eps: float):
-    """x * rsqrt(mean(x^2) + eps) * weight over the last dim."""
-    return _rms_fwd(x, weight, eps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm(x, weight, eps: float, per_head: bool):
+    """x * rsqrt(mean(x^2) + eps) * weight over the last dim (per_head: as for layer_norm)."""
+    return _rms_fwd(x, weight, eps, per_head)[0]
 
 
-def _rms_fwd(x, weight, eps):
+def _rms_fwd(x, weight, eps, per_head):
     x32 = x.astype(jnp.float32)
     rstd = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)
     return (x32 * rstd * weight).astype(x.dtype), (x, rstd, weight)
 
 
-def _rms_bwd(eps, res, dy):
-    x, rstd, weight = res
-    xhat = fresh(x, dy).astype(jnp.float32) * rstd  # the forward's xhat, bit for bit
+def _rms_bwd(eps, per_head, res, dy):
+    x, rstd, weight = _anew(res, dy, per_head)
+    xhat = x.astype(jnp.float32) * rstd  # the forward's xhat, bit for bit
     dtype, dy = dy.dtype, dy.astype(jnp.float32)
     g = dy * weight
     dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdims=True))
@@ -89,13 +104,15 @@ class _LayerNorm(nnx.Module):
     has_bias = True
 
     def __init__(self, cfg: ModelConfig, dim: int | None = None, *, rngs: nnx.Rngs | None = None):
+        self.per_head = dim is not None  # a q/k norm over head_dim
         dim = dim or cfg.n_embd
         self.eps = cfg.norm_eps
         self.weight = _param(nnx.initializers.ones, (dim,))
         self.bias = _param(nnx.initializers.zeros, (dim,)) if self.has_bias else None
 
     def __call__(self, x_BxTxD):
-        return layer_norm(x_BxTxD, self.weight[...], None if self.bias is None else self.bias[...], self.eps)
+        return layer_norm(x_BxTxD, self.weight[...], None if self.bias is None else self.bias[...], self.eps,
+                          self.per_head)
 
 
 @NORMS.register("layernorm")
@@ -114,8 +131,9 @@ class RMSNorm(nnx.Module):
     """x * rsqrt(mean(x^2) + eps) * weight."""
 
     def __init__(self, cfg: ModelConfig, dim: int | None = None, *, rngs: nnx.Rngs | None = None):
+        self.per_head = dim is not None  # a q/k norm over head_dim
         self.eps = cfg.norm_eps
         self.weight = _param(nnx.initializers.ones, (dim or cfg.n_embd,))
 
     def __call__(self, x_BxTxD):
-        return rms_norm(x_BxTxD, self.weight[...], self.eps)
+        return rms_norm(x_BxTxD, self.weight[...], self.eps, self.per_head)

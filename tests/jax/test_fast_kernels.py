@@ -176,24 +176,27 @@ def ref_layer_norm(x, w, b, eps):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(3, 5, 32), (2, 4, 3, 8)])  # activations; per-head (qk_norm)
-def test_layer_norm_matches_autodiff(bias, shape):
+@pytest.mark.parametrize("shape,per_head", [((3, 5, 32), False), ((2, 4, 3, 8), True)])  # activations; qk_norm
+def test_layer_norm_matches_autodiff(bias, shape, per_head):
     x, dy = rand(0, *shape) * 3 + 1, rand(1, *shape)
     w, b = rand(2, shape[-1]), (rand(3, shape[-1]) if bias else None)
+    ln = lambda x, w, b, eps: layer_norm(x, w, b, eps, per_head)  # noqa: E731
     loss = lambda f: lambda x, w, b: jnp.sum(f(x, w, b, 1e-5) * dy)  # noqa: E731
-    close(layer_norm(x, w, b, 1e-5), ref_layer_norm(x, w, b, 1e-5))
-    got = jax.grad(loss(layer_norm), argnums=(0, 1, 2) if bias else (0, 1))(x, w, b)
+    close(ln(x, w, b, 1e-5), ref_layer_norm(x, w, b, 1e-5))
+    got = jax.grad(loss(ln), argnums=(0, 1, 2) if bias else (0, 1))(x, w, b)
     want = jax.grad(loss(ref_layer_norm), argnums=(0, 1, 2) if bias else (0, 1))(x, w, b)
     for g, g_ref in zip(got, want):
         close(g, g_ref)
 
 
-def test_rms_norm_matches_autodiff():
-    x, dy, w = rand(0, 3, 5, 32) * 3 + 1, rand(1, 3, 5, 32), rand(2, 32)
+@pytest.mark.parametrize("shape,per_head", [((3, 5, 32), False), ((2, 4, 3, 8), True)])
+def test_rms_norm_matches_autodiff(shape, per_head):
+    x, dy, w = rand(0, *shape) * 3 + 1, rand(1, *shape), rand(2, shape[-1])
     ref = lambda x, w, eps: x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps) * w  # noqa: E731
+    rms = lambda x, w, eps: rms_norm(x, w, eps, per_head)  # noqa: E731
     loss = lambda f: lambda x, w: jnp.sum(f(x, w, 1e-5) * dy)  # noqa: E731
-    close(rms_norm(x, w, 1e-5), ref(x, w, 1e-5))
-    for g, g_ref in zip(jax.grad(loss(rms_norm), argnums=(0, 1))(x, w), jax.grad(loss(ref), argnums=(0, 1))(x, w)):
+    close(rms(x, w, 1e-5), ref(x, w, 1e-5))
+    for g, g_ref in zip(jax.grad(loss(rms), argnums=(0, 1))(x, w), jax.grad(loss(ref), argnums=(0, 1))(x, w)):
         close(g, g_ref)
 
 
@@ -204,7 +207,7 @@ def test_norm_backward_keeps_its_input_not_xhat(norm, dtype, most):
     floor's norm activations, modgpt.memory) and rebuild xhat there. What the compiled backward of 6
     stacked residual norms x + norm(x) / 2 plans, in units of one x: measured 1.0 (float32) and 1.7
     (bfloat16); keeping the float32 xhat, XLA kept x as well: 1.84 and 4.0."""
-    f = (lambda x, w: layer_norm(x, w, w, 1e-5)) if norm == "layer" else (lambda x, w: rms_norm(x, w, 1e-5))
+    f = (lambda x, w: layer_norm(x, w, w, 1e-5, False)) if norm == "layer" else (lambda x, w: rms_norm(x, w, 1e-5, False))
     L, shape = 6, (4, 128, 256)
 
     def loss(x, w):

@@ -28,15 +28,18 @@ NORMS = Registry("normalization")
 # bfloat16.
 def _anew(res, dy, all_of_them: bool):
     """The norm's residuals (x, row statistics, weight, bias) for the backward: x read anew
-    (backward.fresh), and with all_of_them the statistics and weight too, each tied to a slice of dy
-    of its shape. For the per-head q/k norms XLA otherwise kept what its forward fusions made of
-    them, the row statistics and the weight broadcast to x's whole (B, T, heads, head_dim) shape
-    (12 MiB each over the CPU llama's 4 layers). The main norms plan the same either way and were
-    1-3% slower with it, so they read only x anew."""
-    row, col = dy[..., :1], dy[(0,) * (dy.ndim - 1)]  # (..., 1) and (D,)
+    (backward.fresh), and with all_of_them the statistics (tied to dy's (..., 1) slice) and the
+    weight and bias too. For the per-head q/k norms XLA otherwise kept what its forward fusions
+    made of them, the row statistics and the weight broadcast to x's whole (B, T, heads, head_dim)
+    shape (12 MiB each over the CPU llama's 4 layers). The main norms plan the same either way and
+    were 1-3% slower with it, so they read only x anew. The weight and bias are tied to dy's first
+    position of every sequence, (B, 1, ..., 1, D), and come back that shape: the batch axis kept,
+    so no communication under batch sharding (a (D,) slice of one sequence would need some)."""
+    row = dy[..., :1]
+    first = dy[(slice(None),) + (slice(0, 1),) * (dy.ndim - 2)]
 
     def tie(r):
-        return fresh(r, dy if r.shape == dy.shape else row if r.ndim == dy.ndim else col)
+        return fresh(r, dy if r.shape == dy.shape else row if r.ndim == dy.ndim else first)
     return tuple(None if r is None else tie(r) if all_of_them or i == 0 else r for i, r in enumerate(res))
 
 

@@ -85,8 +85,9 @@ def _scores(qs, k, i: int, c: int, bias=None):
 
 def _causal_fwd(q, k, v, bias, n_blocks, rate, keep, key):
     """q, k, v (B, nh, T, hd); bias None or an additive (T, T) / (nh, T, T) score bias (ALiBi's:
-    a constant, so it gets no gradient). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c only, so the
-    fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the T x T work).
+    a constant, so it gets no gradient). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c
+    only, so the fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the
+    T x T work).
     keep: the backward reads the probabilities kept here; else (the model's choice) only each row's
     max and log-sum are kept (the floor's attention activations, modgpt.memory) and the backward
     computes the scores again and P from them with the same formula, the forward's P bit for bit.
@@ -273,8 +274,9 @@ def sdpa(q, k, v, bias=None, mask=None, dropout=None):
     """jax.nn.dot_product_attention, as cuDNN flash attention on a GPU wherever cuDNN takes the call
     (cudnn_refusal), else XLA's attention. On CPU, causal training attention (with or without a
     position bias such as ALiBi's) runs causal_attention instead (XLA's composite was about 2x
-    slower here and keeps the T x S scores, docs/performance.md); same function, float32 softmax. With attention dropout: on CPU causal_attention (the same masks as
-    manual's), elsewhere manual (the fused kernels have none)."""
+    slower here and keeps the T x S scores, docs/performance.md); same function, float32 softmax.
+    With attention dropout: on CPU causal_attention (the same masks as manual's), elsewhere manual
+    (the fused kernels have none)."""
     B, T, nh, hd = q.shape
     fusable_dropout = dropout is not None and fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate)
     kernel, _ = _choice(q.dtype, T, nh, k.shape[2], hd, bias is not None, mask is not None, dropout is not None,

@@ -62,11 +62,6 @@ def rope_cos_sin(pos_T, hd: int, theta: float):
     return jnp.cos(ang), jnp.sin(ang)
 
 
-def rotate_half(x):
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    return jnp.concatenate([-x2, x1], axis=-1)
-
-
 @POSITIONS.register("rope")
 class RoPE(PositionEncoding):
     """Rotary embeddings (GPT-NeoX / HF llama half-split layout) on q and k, in float32."""

@@ -114,7 +114,8 @@ def test_attention_keeps_the_probabilities_once(kernel, most):
     (5/8 of T x T per head for the causal kernel's query blocks, T x T for manual), q, k, v and
     little else. Measured: causal 1.49 x those bytes (1.65 while the backward read the attention
     output Y for rowsum(dY * Y), 2.8 when P = exp(s - max) / sum let XLA keep the exponentials too,
-    2.0 when the backward's per-block k/v slices were merged with the forward's); manual 1.48 (2.49 with jax.nn.softmax, for the same reason as the first)."""
+    2.0 when the backward's per-block k/v slices were merged with the forward's); manual 1.48
+    (2.49 with jax.nn.softmax, for the same reason as the first)."""
     temps, p_bytes = stacked_temps(kernel)
     assert temps <= most * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
 
@@ -207,7 +208,10 @@ def test_norm_backward_keeps_its_input_not_xhat(norm, dtype, most):
     floor's norm activations, modgpt.memory) and rebuild xhat there. What the compiled backward of 6
     stacked residual norms x + norm(x) / 2 plans, in units of one x: measured 1.0 (float32) and 1.7
     (bfloat16); keeping the float32 xhat, XLA kept x as well: 1.84 and 4.0."""
-    f = (lambda x, w: layer_norm(x, w, w, 1e-5, False)) if norm == "layer" else (lambda x, w: rms_norm(x, w, 1e-5, False))
+    if norm == "layer":
+        f = lambda x, w: layer_norm(x, w, w, 1e-5, False)  # noqa: E731
+    else:
+        f = lambda x, w: rms_norm(x, w, 1e-5, False)  # noqa: E731
     L, shape = 6, (4, 128, 256)
 
     def loss(x, w):

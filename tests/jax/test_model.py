@@ -147,29 +147,22 @@ def test_the_model_recomputes_the_attention_probabilities(tiny, monkeypatch, rem
     assert seen and set(seen) == {False}
 
 
-def test_alibi_keeps_no_more_than_no_positions(tiny):
-    """ALiBi's bias goes into the CPU causal kernel (which keeps a log-sum-exp per row), so an alibi
-    model's step plans what one without positions plans. When a bias sent the CPU attention to XLA's,
-    the T x S scores were kept: gpt2 with --position_encoding=alibi at the CPU size planned 2.30 x
-    the floor, now 1.03."""
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_positions_keep_no_more_than_no_positions(tiny, pos):
+    """A rope or alibi model's step plans the memory of one without positions (+0.03 MiB, the
+    tables, at this size).
+    - RoPE: the rotated q and k are the tensors the attention reads. Written as x * cos +
+      rotate_half(x) * sin, XLA kept x and rotate_half(x) and fused the rotation into every reader,
+      and v kept the whole projection output alive: +0.50 MiB (llama at the CPU size: 1.54 -> 1.34 x
+      the floor with the other Session 9 changes).
+    - ALiBi: its bias goes into the CPU causal kernel (a log-sum-exp per row). When a bias sent the
+      CPU attention to XLA's, the T x S scores were kept: gpt2 with alibi at the CPU size planned
+      2.30 x the floor, now 1.03."""
     cfg = tiny(n_layer=4, block_size=64)
     none = step_temporaries(cfg.replace(position_encoding="none"))
-    alibi = step_temporaries(cfg.replace(position_encoding="alibi"))
+    got = step_temporaries(cfg.replace(position_encoding=pos))
     one = 16 * 64 * cfg.model.n_embd * 4  # one float32 (B, T, D) tensor
-    assert alibi <= none + one, (alibi - none) / one
-
-
-def test_rope_keeps_no_more_than_no_positions(tiny):
-    """RoPE's rotated q and k are the tensors the attention reads, so a rope model's step plans the
-    memory of one without positions. Written as x * cos + rotate_half(x) * sin, XLA kept x and
-    rotate_half(x) and fused the rotation into every reader, and v kept the whole projection output
-    alive: +0.50 MiB over `none` at this size (llama at the CPU size: 1.54 -> 1.34 x the floor with
-    the other Session 9 changes); now +0.03 (the cos/sin tables)."""
-    cfg = tiny(n_layer=4, block_size=64)
-    none = step_temporaries(cfg.replace(position_encoding="none"))
-    rope = step_temporaries(cfg.replace(position_encoding="rope"))
-    one = 16 * 64 * cfg.model.n_embd * 4  # one float32 (B, T, D) tensor
-    assert rope <= none + one, (rope - none) / one
+    assert got <= none + one, (got - none) / one
 
 
 def test_grouped_query_heads_save_what_the_floor_says(tiny):
@@ -206,7 +199,11 @@ def test_rope_rotation_is_rotate_half_bit_for_bit():
     """The half-by-half rotation computes x * cos + rotate_half(x) * sin exactly (the same products
     and sums), in float32 and bfloat16."""
     from modgpt.config import ModelConfig
-    from modgpt_jax.components.positions import RoPE, rope_cos_sin, rotate_half
+    from modgpt_jax.components.positions import RoPE, rope_cos_sin
+
+    def rotate_half(x):
+        x1, x2 = jnp.split(x, 2, axis=-1)
+        return jnp.concatenate([-x2, x1], axis=-1)
     rope = RoPE(ModelConfig(n_head=4, n_embd=128, block_size=64))
     pos = jnp.arange(64)
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -215,7 +212,8 @@ def test_rope_rotation_is_rotate_half_bit_for_bit():
         cos, sin = cos[:, None, :], sin[:, None, :]
         with jax.disable_jit():
             got = rope.rotate(q, k, pos)
-            want = [(x.astype(jnp.float32) * cos + rotate_half(x.astype(jnp.float32)) * sin).astype(dtype) for x in (q, k)]
+            want = [(x32 * cos + rotate_half(x32) * sin).astype(dtype)
+                    for x32 in (q.astype(jnp.float32), k.astype(jnp.float32))]
         for a, b in zip(got, want):
             np.testing.assert_array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))
 

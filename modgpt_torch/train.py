@@ -272,6 +272,7 @@ def main(argv=None) -> int:
     try:
         return train(run, model, ck, stop, d, device, mode)
     finally:
+        model = ck = None  # FSDP keeps its state (and the process group) on the module: let it go
         if run.lock is not None:
             run.lock.release()
         P.shutdown(d)
@@ -509,4 +510,4 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    P.exit_process(main())  # not sys.exit: see parallel.exit_process

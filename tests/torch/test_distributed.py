@@ -69,3 +69,44 @@ def test_fsdp_resume(single, data_dir, tmp_path):
     a, b = params(single), params(out)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+import torch
+from modgpt_torch import parallel as P
+atexit.register(lambda: open(sys.argv[1], "w").close())  # runs only if the interpreter finalizes
+d = P.init("cpu")
+if d.enabled:
+    import torch._dynamo  # noqa: F401 - as the first optimizer step does
+    x = torch.ones(3)
+    P.dist.all_reduce(x)
+P.shutdown(d)
+print("threads:", ",".join(P.group_threads()), flush=True)
+P.exit_process(3)
+"""
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_exit_skips_finalization_only_while_a_group_lives(group, tmp_path):
+    """parallel.exit_process: with a gloo group whose threads outlive shutdown (torch 2.13 keeps the
+    default group once torch._dynamo is imported), the process leaves with its code and without
+    interpreter finalization, where a gloo worker still releasing tensors would abort it (SIGABRT
+    after a completed run). Without a group it is sys.exit: atexit handlers run."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**ENV, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)} if group else {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE")}
+    marker = tmp_path / "finalized"
+    p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(marker)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 3, p.stdout + p.stderr
+    threads = p.stdout.split("threads:")[1].strip()
+    if group:
+        assert "pt_gloo_runloop" in threads, p.stdout  # the group outlived shutdown
+        assert not marker.exists()
+    else:
+        assert threads == ""
+        assert marker.exists()

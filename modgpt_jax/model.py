@@ -15,6 +15,7 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt_jax.components import ATTENTION, FFNS, NORMS, POSITIONS
+from modgpt_jax.components.backward import fresh
 from modgpt_jax.components.dropout import AttentionDropout, Dropout
 from modgpt_jax.components.layers import dense, embed
 from modgpt_jax.components.positions import PositionEncoding
@@ -99,6 +100,34 @@ def _stack_blocks(blocks: list[Block]) -> Block:
     return out
 
 
+def _recomputed(graphdef, state, x, pos_T, mask, key):
+    """One block whose backward recomputes it (remat), keeping only its inputs from the forward.
+
+    The backward ties the block's input to the incoming gradient (backward.fresh) before it
+    recomputes, so XLA can neither merge the recomputation with the forward's (and keep the
+    forward's activations) nor schedule it before the blocks after it are done. jax.checkpoint on
+    each block of this unrolled loop left XLA:CPU's plan unchanged; a scan over the blocks' weights
+    stacked for the call worked but copied the weights and their gradients every step (gpt2 at the
+    CPU size: 1.19 x the floor that way, 1.08 this way; docs/performance.md). Numbers equal to the
+    plain model's (tests/jax/test_model.py)."""
+    def run(state, x):
+        return nnx.merge(graphdef, state)(x, pos_T, mask, key)
+
+    @jax.custom_vjp
+    def block(state, x):
+        return run(state, x)
+
+    def fwd(state, x):
+        return run(state, x), (state, x)
+
+    def bwd(res, dy):
+        state, x = res
+        return jax.vjp(run, state, fresh(x, dy))[1](dy)
+
+    block.defvjp(fwd, bwd)
+    return block(state, x)
+
+
 class GPT(nnx.Module):
     """A GPT whose components are named in the config (see docs/backend_contract.md).
 
@@ -138,18 +167,9 @@ class GPT(nnx.Module):
             x, _ = jax.lax.scan(body, x, (st, keys))
             return x
         if self.remat:
-            # Checkpointed blocks run under a scan over their parameters, stacked for the call (a copy
-            # the size of the block weights). Unrolled, XLA:CPU's default scheduler placed the
-            # recomputation early and the step kept every block's activations anyway: the plan of the
-            # CPU model was the same 224 MiB with and without remat, and 68 MiB this way
-            # (docs/performance.md). Same numbers either way (tests/jax/test_model.py).
-            g, _ = nnx.split(self.blocks[0])
-            stacked = jax.tree.map(lambda *a: jnp.stack(a), *(nnx.split(b)[1] for b in self.blocks))
-
-            def body(h, s_k):
-                s, k = s_k
-                return nnx.merge(g, s)(h, pos_T, mask, k), None
-            x, _ = jax.lax.scan(jax.checkpoint(body), x, (stacked, keys))
+            for i, block in enumerate(self.blocks):
+                g, st = nnx.split(block)
+                x = _recomputed(g, st, x, pos_T, mask, None if keys is None else keys[i])
             return x
         for i, block in enumerate(self.blocks):
             x = block(x, pos_T, mask, None if keys is None else keys[i])

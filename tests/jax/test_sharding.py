@@ -126,6 +126,14 @@ def test_sharded_params_equal_one_device(mesh, sharded_runs):
         np.testing.assert_allclose(np.asarray(a), np.asarray(ref[k]), atol=5e-5, rtol=0, err_msg=k)
 
 
+def test_remat_on_2x4_equals_plain(train_steps, sharded_runs):
+    """remat on the 2x4 mesh with dropout: the recomputed blocks (model._recomputed) take the same
+    steps. Tolerance: relative 1e-5 per step, as above; recomputing the same ops with the same
+    dropout keys differs at most in how XLA fuses them (observed: equal to a few ulps)."""
+    _, losses, _ = train_steps({"remat": True}, 2, 4, 4)
+    np.testing.assert_allclose(np.array(losses), np.array(sharded_runs[(2, 4)][1]), rtol=1e-5, atol=0)
+
+
 def test_bfloat16_compute_float32_master(train_steps, sharded_runs):
     """bf16 compute on the 2x4 mesh: master params and Adam moments stay float32, losses finite and
     close to fp32's. Tolerance 0.01 on a loss of ~4.1: bf16 keeps 8 significant bits, so one

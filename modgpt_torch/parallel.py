@@ -9,6 +9,7 @@ import contextlib
 import gc
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -58,21 +59,46 @@ def shutdown(d: Dist) -> None:
     gc.collect()  # the group ends here if nothing else holds it
 
 
+def run_main(main) -> NoReturn:
+    """The entry point of a training process: rc = main(), then exit_process(rc). An exception out of
+    main is reported as Python reports it (the traceback; exit 1, or 130 for Ctrl-C) and ends the
+    process the same way, since a failed run leaves the group's threads behind as well."""
+    try:
+        rc = main()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            rc = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            rc = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        rc = 130
+    except BaseException:  # noqa: BLE001 - reported like an uncaught exception, then the same exit
+        traceback.print_exc()
+        rc = 1
+    exit_process(rc)
+
+
 def exit_process(rc: int) -> NoReturn:
     """End the process with rc; without interpreter finalization where a gloo group outlived shutdown.
 
     destroy_process_group only unregisters the group: its worker threads live until the last
     reference to it goes, and once torch._dynamo is imported (the first optimizer step imports it)
     references to the default group stay that no Python object we can reach holds (torch 2.13:
-    the threads outlive shutdown in every training run; tests/torch/test_distributed.py).
-    A worker may still be releasing a finished collective's tensors when Python finalizes; it then
-    waits for the GIL, the interpreter ends the thread, and the process aborts (SIGABRT, "terminate
-    called without an active exception", exit -6 after a completed run: seen about once in 50 runs
-    on two busy cores). Everything is written and closed by then (run-log records are single
-    unbuffered writes), so the process flushes stdio and leaves at once."""
+    the threads outlive shutdown in every training run). A worker may still be releasing a finished
+    collective's tensors when Python finalizes; it then waits for the GIL, the interpreter ends the
+    thread, and the process aborts (SIGABRT, "terminate called without an active exception", exit
+    -6 after a completed run: seen about once in 50 runs on two busy cores; none in 150 with this).
+    Everything is written and closed by then (run-log records are single unbuffered writes, the run
+    lock is released), so the process flushes stdio and leaves at once. Where the threads cannot be
+    seen (no /proc: not Linux) it exits as usual; NCCL groups end in destroy_process_group."""
     if group_threads():
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (| head) must not keep the process from leaving
+                pass
         os._exit(rc)
     sys.exit(rc)
 

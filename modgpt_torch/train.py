@@ -510,4 +510,4 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
 
 
 if __name__ == "__main__":
-    P.exit_process(main())  # not sys.exit: see parallel.exit_process
+    P.run_main(main)  # not sys.exit(main()): see parallel.exit_process

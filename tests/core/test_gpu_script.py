@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -15,8 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / ".ci" / "gpu"
 
 
-def run(*args, out, data_dir=None, timeout=600):
-    env = dict(os.environ, OUT=str(out))
+def run(*args, out, data_dir=None, timeout=600, env=None):
+    env = dict(os.environ, OUT=str(out), **(env or {}))
     env.pop("XLA_FLAGS", None)  # one CPU device in the children, as on a fresh machine
     if data_dir:
         env["DATA_DIR"] = data_dir
@@ -30,10 +31,10 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
     files = sorted(f.name for f in tmp_path.iterdir())
     # torch.compile on the CPU needs a C++ compiler; the smoke skips that stage without one
     compiler = shutil.which("c++") or shutil.which("g++")
-    # every stage (the smoke skips compat and parity_bf16): 11 files; the device tool brings back 8
-    # per call, which is why the real runs are split into calls of 2, 4, 2, 2 and 3 (.ci/gpu's header)
+    # every stage (the smoke skips compat and parity_bf16): 15 files; the device tool brings back 8
+    # per call, which is why the real runs are split into calls (.ci/gpu's header)
     assert "== compat: skipped in smoke" in p.stdout
-    assert len(files) == (11 if compiler else 9) and "env.log" in files, files
+    assert len(files) == (15 if compiler else 13) and "env.log" in files, files
     for stage in ("bench_gpt2", "bench_llama", "bench_dropout") + (("bench_compile",) if compiler else ()):
         rep = json.loads((tmp_path / f"{stage}.json").read_text())
         runs = {r["backend"]: r for r in rep["results"]}
@@ -43,6 +44,10 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
     assert "--dropout=0.1" in " ".join(json.loads((tmp_path / "bench_dropout.json").read_text())["command"])
     if compiler:
         assert "--compile=True" in " ".join(json.loads((tmp_path / "bench_compile.json").read_text())["command"])
+    for preset in ("gpt2", "llama"):
+        bd = json.loads((tmp_path / f"breakdown_{preset}.json").read_text())
+        assert [r["part"] for r in bd["parts"]][:2] == ["step", "fwd+bwd"] and bd["dtype"] == "float32"
+        assert f"--preset {preset}" in " ".join(bd["command"]), preset
     parity = json.loads((tmp_path / "parity.json").read_text())
     assert parity["passed"] is True and parity["rows"] and all(r["passed"] for r in parity["rows"])
     env = (tmp_path / "env.log").read_text()
@@ -51,10 +56,35 @@ def test_smoke_runs_every_stage(tmp_path, data_dir):
     assert "attention, llama 124M bfloat16: jax causal block kernel (CPU); torch sdpa (flash attention)" in env
 
 
+def test_budget_stops_a_step_and_skips_the_rest(tmp_path):
+    """GPU_BUDGET_S: the step that runs past it is ended with its children (as bench's training
+    processes would be), the next steps are skipped, and the call returns when the budget says."""
+    marker = f"modgpt-budget-{os.getpid()}"
+    fake = tmp_path / "python"  # stands in for the device's python3: a step that never ends
+    fake.write_text(f"#!/bin/bash\npython3 -c 'import time; time.sleep(600)' {marker} &\nwait\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    p = run("env", "bench", "parity", out=out, env={"GPU_BUDGET_S": "32", "PYTHON": str(fake)})
+    took = time.monotonic() - t0
+    assert p.returncode == 1 and 32 <= took < 32 + 15, (took, p.stdout[-2000:])
+    log = (out / "env.log").read_text()
+    assert "== env: exit 124 after" in log and "(stopped: GPU_BUDGET_S=32 reached)" in log, log
+    for later in ("bench_gpt2", "bench_llama", "parity"):
+        assert (out / f"{later}.log").read_text().startswith(f"== {later}: skipped,"), later
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == [], left  # the step's child was ended with it
+
+
+def test_budget_must_be_seconds(tmp_path):
+    p = run("env", out=tmp_path, env={"GPU_BUDGET_S": "8m"})
+    assert p.returncode == 2 and "GPU_BUDGET_S must be whole seconds" in p.stderr
+
+
 def test_unknown_stage_is_refused(tmp_path):
     p = run("benchh", out=tmp_path)
     assert p.returncode == 2
-    assert "unknown stage 'benchh'" in p.stderr and "env, compat, bench, compile, dropout, parity" in p.stderr
+    assert "unknown stage 'benchh'" in p.stderr and "env, compat, bench, compile, dropout, parity, breakdown" in p.stderr
     p = run(out=tmp_path)
     assert p.returncode == 2 and "usage" in p.stderr
     p = run("smoke", "bench", out=tmp_path)

@@ -70,6 +70,17 @@ def test_jit_equals_eager(tokens, tiny):
     np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tying", [True, False])
+def test_features_then_head_is_the_model(tying, tokens, tiny):
+    """model(x) is head(features(x)) to the bit, tied (wte.attend) and untied (lm_head); the step
+    breakdown (modgpt_jax/breakdown.py) times the two halves apart."""
+    model = build(tiny(weight_tying=tying, dropout=0.1), 0)
+    x, key = jnp.asarray(tokens), jax.random.key(3)
+    h = model.features(x, key)
+    assert h.shape == (4, 32, 32)
+    np.testing.assert_array_equal(np.asarray(model.head(h)), np.asarray(model(x, key)))
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 @pytest.mark.parametrize("flags", [dict(remat=True), dict(scan_layers=True), dict(remat=True, scan_layers=True)])
 def test_remat_and_scan_equal_plain(flags, dropout, tokens, tiny):

@@ -5,7 +5,9 @@
 
 Backends: jax (modgpt_jax.train), torch (modgpt_torch.train) and nanogpt (modgpt_torch.baseline, a
 plain eager nanoGPT-style PyTorch loop: the reference the torch backend should match). Each runs
-warmup + iters steps in a fresh process with logging every step and no evaluation; the first
+warmup + iters steps in a fresh process with logging every step and no evaluation, checkpoint or
+end-of-run sample (--eval_interval=0 --sample_at_end=False: a GPT-2 124M run would otherwise
+write two 1.5 GB checkpoints and compile an evaluation and a sampler it does not time); the first
 `warmup` steps (compilation, allocator warm-up) are discarded and reported as "compile+warm-up".
 Timings come from the backends' run logs (per-step wall time, measured after the step's result is
 on the host), so every backend is measured the same way.
@@ -79,8 +81,8 @@ def bench_backend(backend: str, argv: list[str], iters: int, warmup: int, workdi
     os.rmdir(out_dir)  # the backend creates it (and refuses an existing run)
     total = warmup + iters
     cmd = [sys.executable, "-m", MODULES[backend], *argv, f"--max_iters={total}",
-           f"--lr_decay_iters={max(total, 1)}", "--log_interval=1", f"--eval_interval={10 ** 9}",
-           "--eval_iters=1", "--progress=False", f"--out_dir={out_dir}"]
+           f"--lr_decay_iters={max(total, 1)}", "--log_interval=1", "--eval_interval=0",
+           "--sample_at_end=False", "--progress=False", f"--out_dir={out_dir}"]
     t_start = time.time()
     rc, wall, rss = run_child(cmd, timeout, out_dir + ".out", cpus)
     res = {"backend": backend, "command": shlex.join(cmd), "returncode": rc, "process_wall_s": wall,

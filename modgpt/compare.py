@@ -22,7 +22,7 @@ from modgpt.io import write_bytes, write_text
 WARMUP_NOTE = ("tokens/s and MFU: median of the iter records of each run, leaving out the first 10% "
                "(at least one) of every run segment as compile/warm-up")
 # Training options that change what is learned or measured; the rest (paths, logging) do not.
-TRAIN_NEUTRAL = {"out_dir", "data_dir", "progress", "log_interval", "keep_checkpoints", "compile"}
+TRAIN_NEUTRAL = {"out_dir", "data_dir", "progress", "log_interval", "keep_checkpoints", "compile", "sample_at_end"}
 PLOTS = (("step", "step", "iteration"), ("tokens", "tokens", "tokens seen"),
          ("flops", "flops", "training FLOPs (tokens x FLOPs/token)"), ("time", "time", "wall-clock seconds"))
 # CSV columns: Run attribute names (raw numbers, machine-readable), "run" being the name.

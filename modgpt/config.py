@@ -125,7 +125,7 @@ class TrainConfig:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250
+    eval_interval: int = 250  # 0 = no evaluation and no checkpoints (benchmarks); a stop still saves one
     eval_iters: int = 20
     log_interval: int = 10
     seed: int = 1337
@@ -138,6 +138,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     skip_nonfinite: bool = False  # skip steps with non-finite loss/grads instead of stopping
     progress: bool = True  # a progress bar on a terminal; plain lines otherwise
+    sample_at_end: bool = True  # print a short seeded sample from the final weights
 
 
 @dataclass(frozen=True)
@@ -306,12 +307,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"option 'size' must be one of {', '.join(valid)}; got '{s.size}'"
                           f"{suggest(s.size, valid)}")
     for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size",
-                "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
-                "keep_checkpoints"):
+                "gradient_accumulation_steps", "eval_iters", "log_interval", "keep_checkpoints"):
         sec = getattr(cfg, KEY_SECTION[key])
         if getattr(sec, key) < 1:
             raise ConfigError(f"option '{key}' must be >= 1, got {getattr(sec, key)}")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "ffn_hidden", "seed", "n_kv_head"):
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "ffn_hidden", "seed", "n_kv_head", "eval_interval"):
         sec = getattr(cfg, KEY_SECTION[key])
         if getattr(sec, key) < 0:
             raise ConfigError(f"option '{key}' must be >= 0, got {getattr(sec, key)}")

@@ -362,8 +362,17 @@ class Progress:
 
 
 def eval_due(it: int, cfg: C.Config) -> bool:
-    """Evaluate (and checkpoint) at every eval_interval and at the last iteration."""
-    return it % cfg.train.eval_interval == 0 or it == cfg.train.max_iters
+    """Evaluate (and checkpoint) at every eval_interval and at the last iteration; never when
+    eval_interval is 0."""
+    every = cfg.train.eval_interval
+    return every > 0 and (it % every == 0 or it == cfg.train.max_iters)
+
+
+def done_message(iters: int, best: float, checkpoint: str | None) -> str:
+    """The line a finished run prints: iterations, best validation loss, where its checkpoint is."""
+    if math.isinf(best) and checkpoint is None:
+        return f"done: {iters} iterations (eval_interval=0: no evaluation, no checkpoint)"
+    return f"done: {iters} iterations, best val loss {best:.4f}; checkpoint {checkpoint or '(none)'}"
 
 
 def log_due(it: int, cfg: C.Config) -> bool:

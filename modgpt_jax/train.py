@@ -437,9 +437,8 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     log.end("completed", iter=it, best_val_loss=None if math.isinf(best) else best,
             message=f"finished {t.max_iters} iterations")
     if is_main:
-        print(f"done: {t.max_iters} iterations, best val loss {best:.4f}; checkpoints in "
-              f"{os.path.join(run.out_dir, CK.CKPT_DIR)}", flush=True)
-    if t.max_iters > 0:
+        print(loop.done_message(t.max_iters, best, ckpt_path(last_saved)), flush=True)
+    if t.max_iters > 0 and t.sample_at_end:
         from modgpt_jax.sample import end_of_run_sample, host_model
         model = host_model(trainer.graphdef, trainer.params)  # collective: every process gathers
         text = end_of_run_sample(model, cfg) if is_main else None

@@ -496,8 +496,8 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     progress.close()
     if d.is_main:
         log.end("completed", iter=it, best_val_loss=finite_or_none(best_val), message=f"checkpoint {last_ckpt}")
-        print(f"done: {it} iterations, best val loss {best_val:.4f}, checkpoint {last_ckpt}", flush=True)
-    if t.max_iters > 0:
+        print(loop.done_message(it, best_val, last_ckpt), flush=True)
+    if t.max_iters > 0 and t.sample_at_end:
         from modgpt_torch.sample import end_of_run_sample
         sample_model = P.full_model(raw, mode, d, device)
         if d.is_main:

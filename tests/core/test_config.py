@@ -32,6 +32,7 @@ def test_every_preset_and_size_is_valid(preset, size):
                                      r"valid: 1, 2, 3, 4, 6, 12 \(0 = n_head\)"),
     ({"n_head": 4, "n_embd": 64, "n_kv_head": 8}, r"'n_kv_head' must divide n_head \(4\): got 8"),
     ({"n_kv_head": -1}, r"'n_kv_head' must be >= 0, got -1"),
+    ({"eval_interval": -1}, r"'eval_interval' must be >= 0, got -1"),  # 0: no evaluation (bench)
     ({"qk_norm": "perhaps"}, r"option 'qk_norm' must be True or False"),
     ({"n_embd": 100, "n_head": 3}, r"n_embd \(100\) must be divisible by n_head \(3\)"),
     ({"n_embd": 60, "n_head": 4, "position_encoding": "rope"}, r"rope' needs an even head dim"),

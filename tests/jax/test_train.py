@@ -218,3 +218,19 @@ def test_next_step_is_dispatched_before_the_last_is_read(train_main, iter_losses
                      "d3", "d4", "c3", "c4", "eval"]
     assert sorted(iter_losses(out)) == [0, 1, 2, 3, 4]
     assert [r["iter"] for r in runlog.read(out) if r["type"] == "iter"] == [0, 1, 2, 3, 4]
+
+
+def test_no_evaluation_checkpoint_or_sample(train_main, tmp_path, capsys):
+    """--eval_interval=0 --sample_at_end=False (what the bench runs): the steps only, nothing
+    evaluated, saved or sampled, and the closing line says so."""
+    out = tmp_path / "run"
+    assert train_main(out, "--max_iters=3", "--eval_interval=0", "--sample_at_end=False") == 0
+    recs = runlog.read(out)
+    assert [r["iter"] for r in recs if r["type"] == "iter"] == [0, 1, 2]
+    assert not [r for r in recs if r["type"] == "eval" or r.get("event") == "checkpoint"]
+    assert recs[-1]["type"] == "end" and recs[-1]["status"] == "completed"
+    ckpts = out / "checkpoints"
+    assert not ckpts.exists() or not os.listdir(ckpts)
+    printed = capsys.readouterr().out
+    assert "done: 3 iterations (eval_interval=0: no evaluation, no checkpoint)" in printed
+    assert "sample (seed" not in printed

@@ -178,3 +178,18 @@ def test_float16_skips_nonfinite_steps(data_dir, tmp_path):
     recs = runlog.read(out)
     assert [r["iter"] for r in recs if r["type"] == "event" and r["event"] == "skipped_step"] == [1, 2, 3]
     assert recs[-1]["type"] == "end" and recs[-1]["status"] == "completed"
+
+
+def test_no_evaluation_checkpoint_or_sample(data_dir, tmp_path):
+    """--eval_interval=0 --sample_at_end=False (what the bench runs): the steps only, nothing
+    evaluated, saved or sampled, and the closing line says so."""
+    out = tmp_path / "run"
+    p = run("modgpt_torch.train", *TINY, "--max_iters=3", "--eval_interval=0", "--sample_at_end=False",
+            f"--data_dir={data_dir}", f"--out_dir={out}", "--progress=False")
+    recs = runlog.read(str(out))
+    assert [r["iter"] for r in recs if r["type"] == "iter"] == [0, 1, 2]
+    assert not [r for r in recs if r["type"] == "eval" or r.get("event") == "checkpoint"]
+    assert recs[-1]["type"] == "end" and recs[-1]["status"] == "completed"
+    assert not [f for f in os.listdir(out) if f.startswith("ckpt-")]
+    assert "done: 3 iterations (eval_interval=0: no evaluation, no checkpoint)" in p.stdout
+    assert "sample (seed" not in p.stdout

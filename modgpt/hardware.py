@@ -11,6 +11,8 @@ PEAKS: dict[str, dict[str, float]] = {
     # H100 NVL (94 GB): the data sheet's with-sparsity figures halved (TF32 835, BF16 1671, FP8 3341)
     "H100 NVL": {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5, "float16": 835.5, "fp8": 1670.5},
     "H200": {"float32": 67.0, "tf32": 494.0, "bfloat16": 989.0, "float16": 989.0, "fp8": 1979.0},
+    # H200 NVL (141 GB, PCIe card): the same data-sheet figures as the H100 NVL, halved likewise
+    "H200 NVL": {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5, "float16": 835.5, "fp8": 1670.5},
     "B200": {"tf32": 1100.0, "bfloat16": 2250.0, "float16": 2250.0, "fp8": 4500.0},
     "GB200": {"tf32": 1250.0, "bfloat16": 2500.0, "float16": 2500.0, "fp8": 5000.0},
 }
@@ -24,7 +26,7 @@ def match_device(name: str) -> str | None:
     if "B200" in n:
         return "B200"
     if "H200" in n:
-        return "H200"
+        return "H200 NVL" if "NVL" in n else "H200"  # GH200's GPU has the H200 SXM's peaks
     if "H100" in n:
         if "NVL" in n:
             return "H100 NVL"

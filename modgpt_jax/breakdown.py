@@ -157,11 +157,15 @@ def main(argv=None) -> int:
     hostmem.keep_freed_blocks()  # before jax starts its threads, as train.py does (modgpt/hostmem.py)
     args = cli.parse(argv, prog="python -m modgpt_jax.breakdown", extra_flags=FLAGS)
     cfg = args.config
+    from modgpt_jax.distributed import pin_platform, platform_error
+    pin_platform(cfg.system.device)
     if cfg.system.size == "auto":  # no dataset is read: auto would need one
         cfg = cfg.replace(size="none")
     iters = cli.positive_int_flag(args, "iters", 10)
     warmup = cli.positive_int_flag(args, "warmup", 2)
     json_path = cli.output_file_flag(args, "json")
+    if (why := platform_error(cfg.system.device)) is not None:
+        cli.fail(why)
     command = ["python", "-m", "modgpt_jax.breakdown", *(sys.argv[1:] if argv is None else argv)]
     res = measure(cfg, iters, warmup)
     res.update(command=command, time=time.strftime("%Y-%m-%d %H:%M:%S"))

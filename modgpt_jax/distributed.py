@@ -17,6 +17,26 @@ import os
 _done = False
 
 
+def pin_platform(device: str) -> None:
+    """--device=cpu keeps JAX off any accelerator: set before its backends start (before
+    maybe_initialize, whose process count starts them); auto and cuda leave JAX's own choice."""
+    if device == "cpu":
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+
+
+def platform_error(device: str) -> str | None:
+    """After start-up: why the backend JAX runs on is not the one --device names, or None."""
+    import jax
+    backend = jax.default_backend()
+    if device == "cpu" and backend != "cpu":
+        return f"device=cpu, but JAX had already started on its {backend} backend in this process"
+    if device in ("cuda", "gpu") and backend != "gpu":
+        return (f"device={device} but JAX finds no GPU (its backend is {backend}); use --device=cpu or "
+                f"--device=auto, or install jax with its CUDA plugin")
+    return None
+
+
 def maybe_initialize() -> bool:
     """Call jax.distributed.initialize once if the environment asks for it; True if multi-process."""
     global _done

@@ -110,6 +110,10 @@ def main(argv=None) -> int:
         cli.fail(f"bad sampling option: {e}")
     start = f.get("start", "\n")
     start = "\n" if start is True else str(start)
+    from modgpt_jax.distributed import pin_platform, platform_error
+    pin_platform(args.config.system.device)
+    if (why := platform_error(args.config.system.device)) is not None:
+        cli.fail(why)
     if start.startswith("FILE:"):
         try:
             with open(start[5:]) as fh:

@@ -209,13 +209,16 @@ def discard_setup(run, is_main: bool) -> None:
 def main(argv=None) -> int:
     args = cli.parse(argv, prog="python -m modgpt_jax.train")
     hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
-    from modgpt_jax.distributed import maybe_initialize
+    from modgpt_jax.distributed import maybe_initialize, pin_platform, platform_error
+    pin_platform(args.config.system.device)
     multi = maybe_initialize()
     import jax
     is_main = jax.process_index() == 0
     cfg0 = args.config
     run = None
     try:
+        if (why := platform_error(cfg0.system.device)) is not None:
+            raise loop.SetupError(why)
         if multi and not cfg0.train.out_dir:
             raise loop.SetupError("multi-process training needs an explicit --out_dir (the same on every process)")
         if cfg0.train.init_from == "resume" and cfg0.train.out_dir and \

@@ -100,30 +100,39 @@ def main(argv=None) -> int:
     except Exception as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    from modgpt.io import write_json
     from parity_tests import compare as X
     t0 = time.time()
-    rows = []
+    rows, done = [], []
+
+    def result() -> dict:
+        return dict(passed=all(r.passed for r in rows), complete=len(done) == len(selected), device=args.device,
+                    dtype=args.dtype, seq_len=args.seq_len, checks=checks, cases=list(selected),
+                    cases_done=list(done), wall_time_s=round(time.time() - t0, 1), tolerances=X.TOL,
+                    rows=[{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                           for k, v in r.to_dict().items()} for r in rows])
     for name, cfg in selected.items():
         case = Case(name, cfg, data, args.device)
-        rows += case.run(checks, args.dtype)
+        new = case.run(checks, args.dtype)
+        rows += new
+        done.append(name)
         if args.json != "-":
-            print(f"[{len(rows)} rows, {time.time() - t0:.0f}s] {name}", file=sys.stderr, flush=True)
-    wall = time.time() - t0
-    ok = all(r.passed for r in rows)
-    result = dict(passed=ok, device=args.device, dtype=args.dtype, seq_len=args.seq_len, checks=checks,
-                  cases=list(selected), wall_time_s=round(wall, 1), tolerances=X.TOL,
-                  rows=[{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                         for k, v in r.to_dict().items()} for r in rows])
+            # each case's rows as it ends, and the JSON so far (complete: false): a run stopped
+            # part-way (a time limit on a lent GPU) keeps what it measured
+            print(f"[{len(rows)} rows, {time.time() - t0:.0f}s] {name}\n{X.format_table(new)}",
+                  file=sys.stderr, flush=True)
+            if args.json and len(done) < len(selected):
+                write_json(args.json, result())
+    res = result()
     if args.json == "-":
-        print(json.dumps(result, indent=1))
+        print(json.dumps(res, indent=1))
     else:
         print(X.format_table(rows))
         print(f"{len(selected)} configurations, device {args.device}, {args.dtype}, seq_len {args.seq_len}, "
-              f"{wall:.0f}s")
+              f"{res['wall_time_s']:.0f}s")
         if args.json:
-            from modgpt.io import write_json
-            write_json(args.json, result)
-    return 0 if ok else 1
+            write_json(args.json, res)
+    return 0 if res["passed"] else 1
 
 
 def device_setup(args) -> None:

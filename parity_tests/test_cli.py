@@ -48,3 +48,25 @@ def test_table_json_and_exit_status(capsys, tmp_path, data_dir, monkeypatch):
     assert M.main([*argv, "--json"]) == 1
     res = json.loads(capsys.readouterr().out)
     assert not res["passed"] and [r["check"] for r in res["rows"] if not r["passed"]] == ["logits"]
+
+
+def test_json_kept_case_by_case(capsys, tmp_path, data_dir, monkeypatch):
+    """A run stopped part-way (a time limit on a lent GPU) leaves the cases it finished: the JSON is
+    rewritten after each case with complete=false, and each case's rows go to stderr as it ends."""
+    from parity_tests import checks as CK
+    out = tmp_path / "r.json"
+    run = CK.Case.run
+
+    def run_then_stop(self, checks, dtype):
+        if self.name == "llama":
+            raise KeyboardInterrupt  # the second case never finishes
+        return run(self, checks, dtype)
+    monkeypatch.setattr(CK.Case, "run", run_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        M.main(["--preset", "gpt2", "--preset", "llama", "--checks", "forward", "--data_dir", data_dir,
+                f"--json={out}"])
+    res = json.loads(out.read_text())
+    assert res["complete"] is False and res["cases"] == ["gpt2", "llama"] and res["cases_done"] == ["gpt2"]
+    assert res["passed"] and {r["case"] for r in res["rows"]} == {"gpt2"} and len(res["rows"]) == 2
+    err = capsys.readouterr().err
+    assert "] gpt2\n" in err and "max abs diff" in err

@@ -46,7 +46,8 @@ def fusable(key, shape, keep: float = 0.5) -> bool:
     counters, 32-bit floats (no jax_enable_x64), a Python float `keep`, fewer than 2**32 elements);
     otherwise it calls jax.random.bernoulli."""
     impl = jax.random.key_impl(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else None
-    return (str(impl) == "threefry2x32" and jax.config.jax_threefry_partitionable
+    # the flag's default has been True since jax 0.5; a jax without the flag is partitionable
+    return (str(impl) == "threefry2x32" and getattr(jax.config, "jax_threefry_partitionable", True)
             and not jax.config.jax_enable_x64 and isinstance(keep, (float, int))
             and key.shape == () and 0 < math.prod(shape) < 2**32)
 

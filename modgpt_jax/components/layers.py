@@ -65,8 +65,10 @@ class Linear(nnx.Linear):
     """nnx.Linear (same parameters) whose matmul has the CPU-friendly backward above on CPU."""
 
     def __call__(self, inputs, out_sharding=None):
-        if jax.default_backend() != "cpu" or out_sharding is not None:  # GPU/TPU: transposes are free
-            return super().__call__(inputs, out_sharding)
+        if out_sharding is not None:
+            return super().__call__(inputs, out_sharding=out_sharding)
+        if jax.default_backend() != "cpu":  # GPU/TPU: transposes are free
+            return super().__call__(inputs)
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
         y = matmul(x, kernel)

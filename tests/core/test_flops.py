@@ -77,7 +77,8 @@ def test_param_count_equals_canonical_shapes():
 @pytest.mark.parametrize("name, dtype, peak", [
     ("NVIDIA H100 80GB HBM3", "bfloat16", 989.0), ("NVIDIA H100 PCIe", "bfloat16", 756.0),
     ("NVIDIA H100 NVL", "bfloat16", 835.5),
-    ("NVIDIA H200", "tf32", 494.0), ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+    ("NVIDIA H200", "tf32", 494.0), ("NVIDIA H200", "bfloat16", 989.0), ("NVIDIA H200 NVL", "bfloat16", 835.5),
+    ("NVIDIA GH200 480GB", "bfloat16", 989.0), ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
     ("NVIDIA B200", "bfloat16", 2250.0), ("NVIDIA GB200", "fp8", 5000.0),
     ("cpu", "float32", None), ("TFRT_CPU_0", "bfloat16", None), ("NVIDIA B200", "float32", None),
 ])

@@ -156,6 +156,27 @@ def test_refusal_writes_nothing(train_main, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_device_cuda_without_a_gpu_is_refused(train_main, tmp_path, capsys):
+    """--device names where JAX runs: cuda on a machine without a GPU is one line, exit 2, nothing
+    written (JAX would otherwise train on its CPU backend under a cuda label)."""
+    out = tmp_path / "run"
+    assert train_main(out, "--device=cuda") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: device=cuda but JAX finds no GPU (its backend is cpu); use --device=cpu or "
+                   "--device=auto, or install jax with its CUDA plugin"]
+    assert not out.exists()
+
+
+def test_device_cpu_pins_jax_to_its_cpu_backend():
+    """--device=cpu sets jax_platforms=cpu before JAX starts, so a GPU host trains JAX on its CPU
+    (as torch does), not on the GPU; in a fresh process, as the command runs."""
+    import subprocess
+    code = ("from modgpt_jax.distributed import pin_platform, platform_error; pin_platform('cpu'); "
+            "import jax; print(jax.config.jax_platforms, jax.default_backend(), platform_error('cpu'))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["cpu", "cpu", "None"], p.stderr
+
+
 def test_float32_mfu_on_a_gpu_is_against_the_tf32_peak():
     """XLA runs float32 matmuls on a GPU in TF32 unless jax_default_matmul_precision asks for more, so
     a float32 GPU run reports TF32 and measures MFU against the TF32 peak (494 TFLOP/s on an H100 SXM,

@@ -45,3 +45,16 @@ def data_dir(tmp_path_factory, shakespeare_path) -> str:
 def char_data(data_dir) -> str:
     """The prepared shakespeare_char dataset directory itself."""
     return os.path.join(data_dir, "shakespeare_char")
+
+
+@pytest.fixture
+def run_main(capsys):
+    """run_main(main, *argv) -> (exit status, captured output) of an entry point's main(argv), a
+    SystemExit (cli.fail's exit 2) included."""
+    def run(main, *argv):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr()
+    return run

@@ -15,12 +15,9 @@ from modgpt import bench as BM
 TINY = ["--size=tiny", "--batch_size=8", "--block_size=32"]  # batch 8: splits over 8 fake devices
 
 
-def run_bench(capsys, *argv):
-    try:
-        code = BM.main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
+@pytest.fixture
+def run_bench(run_main):
+    return lambda *argv: run_main(BM.main, *argv)
 
 
 @pytest.mark.parametrize("argv,option", [
@@ -30,10 +27,11 @@ def run_bench(capsys, *argv):
     (["--repeat=0"], "--repeat"),
     (["--warmup=x"], "--warmup"),
     (["--json=/nonexistent-dir/x.json"], "--json"),
+    (["--json"], "--json"),
     (["--cpus=99999"], "--cpus"),
 ])
-def test_bad_options_one_line_exit_2(capsys, tmp_path, argv, option):
-    code, out = run_bench(capsys, *TINY, *argv)
+def test_bad_options_one_line_exit_2(run_bench, tmp_path, argv, option):
+    code, out = run_bench(*TINY, *argv)
     assert code == 2
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and option in lines[0]
@@ -70,9 +68,9 @@ def test_failed_backend_is_reported():
     assert "torch" in text and "FAILED: error: boom" in text
 
 
-def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
+def test_bench_runs_all_backends(run_bench, data_dir, tmp_path):
     out_json = tmp_path / "bench.json"
-    code, out = run_bench(capsys, *TINY, f"--data_dir={data_dir}", "--backends=jax,torch,nanogpt",
+    code, out = run_bench(*TINY, f"--data_dir={data_dir}", "--backends=jax,torch,nanogpt",
                           "--iters=2", "--warmup=1", f"--json={out_json}")
     assert code == 0, out.out + out.err
     lines = out.out.splitlines()
@@ -119,8 +117,8 @@ def test_bench_runs_all_backends(capsys, data_dir, tmp_path):
     assert rep["ratios"]["jax/torch"] == pytest.approx(by["jax"]["tokens_per_sec"] / by["torch"]["tokens_per_sec"])
 
 
-def test_baseline_refuses_other_architectures(capsys, data_dir, tmp_path):
-    code, out = run_bench(capsys, "--preset=llama", *TINY, f"--data_dir={data_dir}", "--backends=nanogpt",
+def test_baseline_refuses_other_architectures(run_bench, data_dir, tmp_path):
+    code, out = run_bench("--preset=llama", *TINY, f"--data_dir={data_dir}", "--backends=nanogpt",
                           "--iters=1", "--warmup=0")
     assert code == 1
     assert "FAILED: error: the nanogpt baseline implements the gpt2 architecture only" in out.out

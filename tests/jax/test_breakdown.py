@@ -13,18 +13,15 @@ TINY = ["--size=tiny", "--batch_size=8", "--block_size=32", "--vocab_size=65"]
 PARTS = ["step", "fwd+bwd", "forward", "trunk fwd+bwd", "head fwd+bwd", "optimizer"]
 
 
-def run(capsys, *argv):
-    try:
-        code = BD.main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
+@pytest.fixture
+def run(run_main):
+    return lambda *argv: run_main(BD.main, *argv)
 
 
-def test_every_part_timed_and_flops_add_up(capsys, tmp_path):
+def test_every_part_timed_and_flops_add_up(run, tmp_path):
     path = tmp_path / "bd.json"
     accum = 2  # the step runs two micro-batches: the FLOPs and the residue must count both
-    code, out = run(capsys, *TINY, "--preset=llama", f"--gradient_accumulation_steps={accum}",
+    code, out = run(*TINY, "--preset=llama", f"--gradient_accumulation_steps={accum}",
                     "--iters=2", "--warmup=1", f"--json={path}")
     assert code == 0, out.err
     res = json.loads(path.read_text())
@@ -60,8 +57,8 @@ def test_every_part_timed_and_flops_add_up(capsys, tmp_path):
     (["--json"], "--json"),
     (["--normalization=batchnorm"], "normalization"),
 ])
-def test_bad_options_one_line_exit_2(capsys, argv, option):
-    code, out = run(capsys, *TINY, *argv)
+def test_bad_options_one_line_exit_2(run, argv, option):
+    code, out = run(*TINY, *argv)
     assert code == 2
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and option in lines[0]

@@ -14,8 +14,8 @@ Parts (same config, shardings, dtype and random tokens as the step; dropout keys
 Each part is the median of --iters timed calls, each waited for, after --warmup. TFLOP/s counts the
 part's share of the matmul FLOPs (modgpt.flops, PaLM convention: the full T x T attention); MFU is
 that over the device's peak where it is known. The parts overlap (trunk + head = fwd+bwd, which the
-step contains); the residue "step - fwd+bwd - optimizer" is what the whole step loses or gains by
-being one program. Timings of parts compiled alone can differ from their share of the fused step:
+step contains); the residue "step - A x fwd+bwd - optimizer" (A micro-batches) is what the whole
+step loses or gains by being one program. Timings of parts compiled alone can differ from their share of the fused step:
 read them as a guide to where the time goes, and the step's own figure as the measurement.
 """
 from __future__ import annotations
@@ -56,6 +56,7 @@ def measure(cfg: C.Config, iters: int = 10, warmup: int = 2) -> dict:
     import numpy as np
     from flax import nnx
 
+    from modgpt_jax import sharding as S
     from modgpt_jax import step as ST
     from modgpt_jax.train import Trainer, matmul_precision
 
@@ -67,7 +68,6 @@ def measure(cfg: C.Config, iters: int = 10, warmup: int = 2) -> dict:
     rng = np.random.default_rng(0)
     xs = rng.integers(0, m.vocab_size, (A, B, T), dtype=np.int32)
     ys = rng.integers(0, m.vocab_size, (A, B, T), dtype=np.int32)
-    from modgpt_jax import sharding as S
     X, Y = S.put_batch(xs, trainer.mesh, lead=1), S.put_batch(ys, trainer.mesh, lead=1)
     x, y = S.put_batch(xs[0], trainer.mesh), S.put_batch(ys[0], trainer.mesh)
     key = jax.random.key(t.seed) if m.dropout > 0 else None

@@ -40,7 +40,7 @@ class TorchBackend:
         return to_canonical(self.model)
 
     def _ids(self, a):
-        return self.torch.as_tensor(np.asarray(a)).long().to(self.device)
+        return self.R._ids(a, self.device)
 
     def forward_grad(self, x, y) -> tuple[np.ndarray, float, dict]:
         """(float32 logits, loss, canonical grads) in eval mode."""

@@ -142,16 +142,30 @@ def combine(runs: list[dict]) -> dict:
     return out
 
 
-def ratios(rounds: list[dict[str, dict]], backends: list[str]) -> dict[str, float]:
-    """tokens/s ratios a/b for each ordered pair, measured within each round, median over rounds."""
+def round_ratios(rounds: list[dict[str, dict]], backends: list[str]) -> dict[str, list[float]]:
+    """tokens/s ratios a/b for each ordered pair, one per round where both ran (in round order)."""
     out = {}
     for a in backends:
         for b in backends:
             vals = [r[a]["tokens_per_sec"] / r[b]["tokens_per_sec"] for r in rounds
                     if a != b and "error" not in r[a] and "error" not in r[b] and r[b]["tokens_per_sec"]]
             if vals:
-                out[f"{a}/{b}"] = statistics.median(vals)
+                out[f"{a}/{b}"] = vals
     return out
+
+
+def ratios(rounds: list[dict[str, dict]], backends: list[str]) -> dict[str, float]:
+    """tokens/s ratios a/b for each ordered pair, measured within each round, median over rounds."""
+    return {pair: statistics.median(v) for pair, v in round_ratios(rounds, backends).items()}
+
+
+def ratio_line(pair: str, per_round: list[float]) -> str:
+    """'tokens/s a/b: median (median of R rounds: min-max)': the spread says whether a difference
+    between backends is larger than the machine's round-to-round noise."""
+    line = f"tokens/s {pair}: {statistics.median(per_round):.2f}"
+    if len(per_round) > 1:
+        line += f" (median of {len(per_round)} rounds: {min(per_round):.2f}-{max(per_round):.2f})"
+    return line
 
 
 def ref_backend(backends: list[str]) -> str:
@@ -269,12 +283,13 @@ def main(argv=None) -> int:
                     print(f"    {rnd[b]['ms_per_iter']:.1f} ms/iter", flush=True)
             rounds.append(rnd)
     results = [combine([r[b] for r in rounds]) for b in backends]
+    per_round = round_ratios(rounds, backends)
     ratio = ratios(rounds, backends)
     after = machine()
     print(table(results, ratio))
     for pair in ("jax/torch", "torch/nanogpt", "jax/nanogpt"):
-        if pair in ratio:
-            print(f"tokens/s {pair}: {ratio[pair]:.2f}" + (f" (median of {repeat} rounds)" if repeat > 1 else ""))
+        if pair in per_round:
+            print(ratio_line(pair, per_round[pair]))
     ok = [r for r in results if "error" not in r]
     dev = next((r.get("device") for r in ok), None)
     print(f"device: {dev}  cpu: {before['cpu']} x{before['cores']}  load avg before {before['loadavg_1_5_15']} "
@@ -291,7 +306,7 @@ def main(argv=None) -> int:
                                     "machine": before, "loadavg_after": after["loadavg_1_5_15"],
                                     "iters": iters, "warmup": warmup, "repeat": repeat,
                                     "cpus": sorted(cpus) if cpus else None,
-                                    "ratios": ratio, "results": results,
+                                    "ratios": ratio, "round_ratios": per_round, "results": results,
                                     "rounds": [[r[b] for b in backends] for r in rounds]})
     return 0 if len(ok) == len(results) and all(r.get("failed_rounds", 0) == 0 for r in ok) else 1
 

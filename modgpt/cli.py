@@ -53,6 +53,12 @@ def output_file_flag(args: Args, name: str) -> str | None:
         return None
     if value is True:
         fail(f"option '--{name}' needs a file name: --{name}=FILE")
+    return writable_file(name, str(value))
+
+
+def writable_file(name: str, value: str) -> str:
+    """`value`, the file option --name will write, or one error line and exit 2 when no writable
+    directory can hold it."""
     parent = os.path.dirname(os.path.abspath(str(value)))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         fail(f"option '--{name}': cannot write '{value}' (no writable directory '{parent}')")

@@ -57,6 +57,13 @@ def test_combine_and_ratios_take_medians_within_rounds():
     r = BM.ratios(rounds, ["jax", "torch"])
     assert r["jax/torch"] == pytest.approx(200 / 110)  # per-round ratios 2, 1, 1.82 -> median
     assert r["torch/jax"] == pytest.approx(110 / 200)
+    per = BM.round_ratios(rounds, ["jax", "torch"])
+    assert per["jax/torch"] == pytest.approx([2.0, 1.0, 200 / 110])  # in round order
+    # the printed line gives the spread over rounds, so a difference within the noise shows as such
+    assert BM.ratio_line("jax/torch", per["jax/torch"]) == "tokens/s jax/torch: 1.82 (median of 3 rounds: 1.00-2.00)"
+    assert BM.ratio_line("jax/torch", [0.9]) == "tokens/s jax/torch: 0.90"
+    failed = [{"jax": {"backend": "jax", "error": "x"}, "torch": fake("torch", 200)}] + rounds
+    assert BM.round_ratios(failed, ["jax", "torch"])["jax/torch"] == per["jax/torch"]  # failed rounds left out
     text = BM.table([jax, BM.combine([x["torch"] for x in rounds])], r)
     assert "x torch" in text.splitlines()[0]
     assert text.splitlines()[2].split()[-1] == f"{200 / 110:.2f}"
@@ -88,6 +95,7 @@ def test_bench_runs_all_backends(run_bench, data_dir, tmp_path):
     rep = json.loads(out_json.read_text())
     assert rep["command"][:3] == ["python", "-m", "modgpt.bench"] and rep["machine"]["cores"] == os.cpu_count()
     assert set(rep["ratios"]) >= {"jax/torch", "torch/nanogpt", "jax/nanogpt"}
+    assert rep["round_ratios"]["jax/torch"] == [rep["ratios"]["jax/torch"]]  # one round
     by = {r["backend"]: r for r in rep["results"]}
     for name, r in by.items():
         assert r["timed_iters"] == 2, name  # the warm-up iteration is not timed

@@ -1,0 +1,187 @@
+"""The linear layers' matmuls on the CPU, JAX (XLA:CPU) against torch, shape by shape
+(docs/performance.md, "CPU target", session 12).
+
+    python benchmarks/cpu_matmul.py [--n_embd 128] [--tokens 3072] [--rounds 5] [--calls 20] [--json FILE]
+
+For each linear layer of a GPT block (qkv, attention output, FFN up, FFN down) at width n_embd and
+`tokens` rows (batch x block size; 12 x 256 for the CPU target), three products:
+  forward  y = x W                (tokens, in) @ (in, out)
+  dX       dy W^T                 (tokens, out) @ (out, in)
+  dW       the weight gradient, contracting over the tokens: JAX as modgpt_jax's Linear computes it
+           on the CPU (components/layers.matmul's backward, with dX left out by XLA), torch as
+           autograd's linear backward does (dy^T x, transposes passed to the BLAS).
+A second table times JAX's weight gradient written the other ways XLA:CPU could run it, against
+the form the model uses: the check to repeat on a new CPU before changing that form.
+JAX and torch never share a process (modgpt_jax never imports torch); they alternate, one process
+each per round, so a slow spell of the machine lands on both. Both get the same float32 inputs
+(numpy, seed 0), and the driver checks that their products agree (relative Frobenius norm, 1e-5)
+before it prints a figure. Each figure is the median over rounds of the per-round median of
+--calls calls (wall time, ms); ratio = jax / torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from modgpt import cli
+
+PRODUCTS = ("forward", "dX", "dW")
+LAYERS = {"qkv": (1, 3), "attn_out": (1, 1), "ffn_up": (1, 4), "ffn_down": (4, 1)}  # in, out per n_embd
+
+
+def shapes(d: int) -> dict:
+    return {name: (a * d, b * d) for name, (a, b) in LAYERS.items()}
+
+
+def inputs(i: int, o: int, n: int):
+    """x (n, in), W (in, out), dy (n, out): the same float32 numbers for both frameworks."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    return tuple(rng.standard_normal(s, dtype=np.float32) for s in [(n, i), (i, o), (n, o)])
+
+
+def _norms(*arrays) -> list[float]:
+    import numpy as np
+    return [float(np.linalg.norm(np.asarray(a, dtype=np.float64))) for a in arrays]
+
+
+def _median_ms(fn, calls: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def run_jax(d: int, n: int, calls: int) -> dict:
+    from modgpt import hostmem
+    hostmem.keep_freed_blocks()  # as the train command does, before jax starts its threads
+    import jax
+    import jax.numpy as jnp
+
+    from modgpt_jax.components.layers import matmul
+    barrier = jax.lax.optimization_barrier  # keeps a materialized transpose from being folded back
+    forms = {  # other ways to write the weight gradient, each the same product
+        "x^T dy": lambda x, dy: barrier(x.T) @ dy,
+        "(dy^T x)^T": lambda x, dy: barrier(barrier(dy.T) @ x).T,
+        "einsum": lambda x, dy: jnp.einsum("ni,no->io", x, dy),  # what autodiff of x @ w writes
+    }
+    out = {}
+    for name, (i, o) in shapes(d).items():
+        x, w, dy = (jnp.asarray(a) for a in inputs(i, o, n))
+        fwd = jax.jit(lambda x, w: x @ w)
+        dx = jax.jit(lambda dy, w: dy @ w.T)
+        dw = jax.jit(lambda x, w, dy: jax.vjp(matmul, x, w)[1](dy)[1])
+        out[name] = {"forward": _median_ms(lambda: fwd(x, w).block_until_ready(), calls),
+                     "dX": _median_ms(lambda: dx(dy, w).block_until_ready(), calls),
+                     "dW": _median_ms(lambda: dw(x, w, dy).block_until_ready(), calls),
+                     "norms": _norms(fwd(x, w), dx(dy, w), dw(x, w, dy)), "dW forms": {}}
+        for form, f in forms.items():
+            f = jax.jit(f)
+            out[name]["dW forms"][form] = _median_ms(lambda: f(x, dy).block_until_ready(), calls)
+            out[name]["norms"].append(_norms(f(x, dy))[0])
+    return out
+
+
+def run_torch(d: int, n: int, calls: int) -> dict:
+    from modgpt import hostmem
+    hostmem.keep_freed_blocks()
+    import torch
+    out = {}
+    with torch.no_grad():
+        for name, (i, o) in shapes(d).items():
+            x, w, dy = (torch.from_numpy(a) for a in inputs(i, o, n))
+            w = w.t().contiguous()  # nn.Linear's (out, in) weight
+            out[name] = {"forward": _median_ms(lambda: x @ w.t(), calls),
+                         "dX": _median_ms(lambda: dy @ w, calls),
+                         "dW": _median_ms(lambda: dy.t() @ x, calls),
+                         "norms": _norms(x @ w.t(), dy @ w, dy.t() @ x)}
+    return out
+
+
+def check_agreement(jax_run: dict, torch_run: dict, rtol: float = 1e-5) -> None:
+    """Exit (status 1, one line) unless both frameworks computed the same products: the Frobenius
+    norms of each result agree to rtol (float32 sums over at most a few thousand terms land near
+    1e-7 apart; a transposed or wrong operand is off by far more)."""
+    for name in jax_run:
+        jn, tn = jax_run[name]["norms"], torch_run[name]["norms"]
+        pairs = list(zip(PRODUCTS, jn, tn)) + [(f"dW as {f}", j, tn[-1])
+                                               for f, j in zip(jax_run[name].get("dW forms", {}), jn[len(PRODUCTS):])]
+        for prod, j, t in pairs:
+            if not abs(j - t) <= rtol * t:
+                sys.exit(f"cpu_matmul: {name} {prod} differs between jax and torch (norms {j:.7g} and {t:.7g})")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python benchmarks/cpu_matmul.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--n_embd", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=12 * 256)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--json", metavar="FILE", help="also write the figures (unrounded) as JSON to FILE")
+    ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    ap.error = lambda msg: cli.fail(msg.replace("\n", " "))  # one line, exit 2, as every modgpt command
+    a = ap.parse_args(argv)
+    for flag in ("n_embd", "tokens", "rounds", "calls"):
+        if getattr(a, flag) < 1:
+            cli.fail(f"--{flag} must be a positive integer, got {getattr(a, flag)}")
+    if a.json is not None:  # checked before any work, as the other commands do
+        cli.writable_file("json", a.json)
+    if a.worker:
+        fn = run_jax if a.worker == "jax" else run_torch
+        print(json.dumps(fn(a.n_embd, a.tokens, a.calls)))
+        return 0
+    runs = {"jax": [], "torch": []}
+    for _ in range(a.rounds):
+        for fw in runs:
+            cmd = [sys.executable, __file__, f"--worker={fw}", f"--n_embd={a.n_embd}", f"--tokens={a.tokens}",
+                   f"--calls={a.calls}"]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"cpu_matmul: the {fw} worker failed:\n{r.stderr.strip()[-2000:]}")
+            runs[fw].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    check_agreement(runs["jax"][0], runs["torch"][0])
+    print(f"linear-layer matmuls, n_embd {a.n_embd}, {a.tokens} tokens, float32; wall ms, median of "
+          f"{a.rounds} rounds x {a.calls} calls")
+    print(f"{'layer':10s} {'(in, out)':12s} {'product':8s} {'jax':>8s} {'torch':>8s} {'jax/torch':>10s}")
+    rows = []
+    for name, shape in list(shapes(a.n_embd).items()) + [("one block", None)]:
+        for prod in PRODUCTS:
+            if shape is None:  # the block's total: the sum of its layers' medians
+                med = {fw: sum(r[fw] for r in rows if r["product"] == prod) for fw in runs}
+            else:
+                med = {fw: statistics.median(r[name][prod] for r in runs[fw]) for fw in runs}
+            rows.append(dict(layer=name, shape=None if shape is None else list(shape), product=prod, **med,
+                             ratio=med["jax"] / med["torch"]))
+    for r in rows:
+        shape = "" if r["shape"] is None else str(tuple(r["shape"]))
+        print(f"{r['layer']:10s} {shape:12s} {r['product']:8s} {r['jax']:8.2f} {r['torch']:8.2f} {r['ratio']:10.2f}")
+    forms = list(runs["jax"][0][next(iter(shapes(a.n_embd)))]["dW forms"])
+    print("JAX's weight gradient written other ways (ms; x the model's form, components/layers.matmul):")
+    print(f"{'layer':10s} {'model':>8s} " + " ".join(f"{f:>18s}" for f in forms))
+    form_rows = []
+    for name in shapes(a.n_embd):
+        model = statistics.median(r[name]["dW"] for r in runs["jax"])
+        alt = {f: statistics.median(r[name]["dW forms"][f] for r in runs["jax"]) for f in forms}
+        form_rows.append(dict(layer=name, model=model, **alt))
+        print(f"{name:10s} {model:8.2f} " + " ".join(f"{f'{alt[f]:.2f} (x{alt[f] / model:.2f})':>18s}" for f in forms))
+    command = ["python", "benchmarks/cpu_matmul.py", *(sys.argv[1:] if argv is None else argv)]
+    print("command: " + " ".join(command))
+    if a.json:
+        from modgpt.bench import machine
+        from modgpt.io import write_json
+        write_json(a.json, dict(n_embd=a.n_embd, tokens=a.tokens, rounds=a.rounds, calls=a.calls,
+                                machine=machine(), rows=rows, jax_dw_forms=form_rows,
+                                command=command, time=time.strftime("%Y-%m-%d %H:%M:%S")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,9 +14,9 @@ A second table times JAX's weight gradient written the other ways XLA:CPU could 
 the form the model uses: the check to repeat on a new CPU before changing that form.
 JAX and torch never share a process (modgpt_jax never imports torch); they alternate, one process
 each per round, so a slow spell of the machine lands on both. Both get the same float32 inputs
-(numpy, seed 0), and the driver checks that their products agree (relative Frobenius norm, 1e-5)
-before it prints a figure. Each figure is the median over rounds of the per-round median of
---calls calls (wall time, ms); ratio = jax / torch.
+(numpy, seed 0), and the driver checks that their products agree (norm and a random projection,
+1e-5 relative) before it prints a figure. Each figure is the median over rounds of the per-round
+median of --calls calls (wall time, ms); ratio = jax / torch.
 """
 from __future__ import annotations
 
@@ -44,9 +44,16 @@ def inputs(i: int, o: int, n: int):
     return tuple(rng.standard_normal(s, dtype=np.float32) for s in [(n, i), (i, o), (n, o)])
 
 
-def _norms(*arrays) -> list[float]:
+def _fingerprints(*arrays) -> list[list[float]]:
+    """[Frobenius norm, <a, P>, ||P||] of each result, P a fixed random probe of its shape: the norm
+    alone would not see a transposed or permuted result, the projection does."""
     import numpy as np
-    return [float(np.linalg.norm(np.asarray(a, dtype=np.float64))) for a in arrays]
+    out = []
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float64)
+        probe = np.random.default_rng(1).standard_normal(a.shape)
+        out.append([float(np.linalg.norm(a)), float(np.vdot(a, probe)), float(np.linalg.norm(probe))])
+    return out
 
 
 def _median_ms(fn, calls: int) -> float:
@@ -82,11 +89,11 @@ def run_jax(d: int, n: int, calls: int) -> dict:
         out[name] = {"forward": _median_ms(lambda: fwd(x, w).block_until_ready(), calls),
                      "dX": _median_ms(lambda: dx(dy, w).block_until_ready(), calls),
                      "dW": _median_ms(lambda: dw(x, w, dy).block_until_ready(), calls),
-                     "norms": _norms(fwd(x, w), dx(dy, w), dw(x, w, dy)), "dW forms": {}}
+                     "checks": _fingerprints(fwd(x, w), dx(dy, w), dw(x, w, dy)), "dW forms": {}}
         for form, f in forms.items():
             f = jax.jit(f)
             out[name]["dW forms"][form] = _median_ms(lambda: f(x, dy).block_until_ready(), calls)
-            out[name]["norms"].append(_norms(f(x, dy))[0])
+            out[name]["checks"].append(_fingerprints(f(x, dy))[0])
     return out
 
 
@@ -98,25 +105,27 @@ def run_torch(d: int, n: int, calls: int) -> dict:
     with torch.no_grad():
         for name, (i, o) in shapes(d).items():
             x, w, dy = (torch.from_numpy(a) for a in inputs(i, o, n))
-            w = w.t().contiguous()  # nn.Linear's (out, in) weight
+            w = w.t().contiguous()  # nn.Linear's (out, in) weight; its gradient compared as (in, out)
             out[name] = {"forward": _median_ms(lambda: x @ w.t(), calls),
                          "dX": _median_ms(lambda: dy @ w, calls),
                          "dW": _median_ms(lambda: dy.t() @ x, calls),
-                         "norms": _norms(x @ w.t(), dy @ w, dy.t() @ x)}
+                         "checks": _fingerprints(x @ w.t(), dy @ w, (dy.t() @ x).t())}
     return out
 
 
 def check_agreement(jax_run: dict, torch_run: dict, rtol: float = 1e-5) -> None:
-    """Exit (status 1, one line) unless both frameworks computed the same products: the Frobenius
-    norms of each result agree to rtol (float32 sums over at most a few thousand terms land near
-    1e-7 apart; a transposed or wrong operand is off by far more)."""
+    """Exit (status 1, one line) unless both frameworks computed the same products: each result's
+    norm and its projection on a fixed random probe agree to rtol of the norm (times the probe's
+    norm for the projection, its Cauchy-Schwarz scale). float32 sums over a few thousand terms
+    land near 1e-7 apart; a wrong operand, a transposed or permuted result is off by far more."""
     for name in jax_run:
-        jn, tn = jax_run[name]["norms"], torch_run[name]["norms"]
-        pairs = list(zip(PRODUCTS, jn, tn)) + [(f"dW as {f}", j, tn[-1])
-                                               for f, j in zip(jax_run[name].get("dW forms", {}), jn[len(PRODUCTS):])]
-        for prod, j, t in pairs:
-            if not abs(j - t) <= rtol * t:
-                sys.exit(f"cpu_matmul: {name} {prod} differs between jax and torch (norms {j:.7g} and {t:.7g})")
+        jc, tc = jax_run[name]["checks"], torch_run[name]["checks"]
+        forms = [f"dW as {f}" for f in jax_run[name].get("dW forms", {})]
+        pairs = list(zip(PRODUCTS, jc, tc)) + [(f, j, tc[-1]) for f, j in zip(forms, jc[len(PRODUCTS):])]
+        for prod, (jn, jp, pn), (tn, tp, _) in pairs:
+            if not (abs(jn - tn) <= rtol * tn and abs(jp - tp) <= rtol * tn * pn):
+                sys.exit(f"cpu_matmul: {name} {prod} differs between jax and torch "
+                         f"(norms {jn:.7g} and {tn:.7g}, projections {jp:.7g} and {tp:.7g})")
 
 
 def main(argv=None) -> int:

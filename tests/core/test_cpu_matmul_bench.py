@@ -50,16 +50,25 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     assert "JAX's weight gradient written other ways" in out.out
 
 
+def _checks(results, cm):
+    return cm._fingerprints(*results)
+
+
 def test_products_that_differ_are_refused(cm):
-    run = {"qkv": {"norms": [10.0, 20.0, 30.0]}}
-    cm.check_agreement(run, {"qkv": {"norms": [10.0, 20.0, 30.0 * (1 + 5e-6)]}})  # within 1e-5
+    import numpy as np
+    rng = np.random.default_rng(0)
+    fwd, dx, dw = (rng.standard_normal(s) for s in [(16, 24), (16, 8), (8, 24)])
+    run = {"qkv": {"checks": _checks([fwd, dx, dw], cm)}}
+    cm.check_agreement(run, {"qkv": {"checks": _checks([fwd, dx, dw * (1 + 2e-6)], cm)}})  # rounding-sized
+    bad = {"scaled": dw * (1 + 1e-4), "permuted": dw[::-1], "one entry off": dw + 0.05 * (np.arange(dw.size) == 3).reshape(dw.shape)}
+    for why, other in bad.items():
+        with pytest.raises(SystemExit) as e:
+            cm.check_agreement(run, {"qkv": {"checks": _checks([fwd, dx, other], cm)}})
+        assert "qkv dW differs between jax and torch" in str(e.value.code), why
+    # JAX's other forms of the weight gradient are held to torch's weight gradient too
+    forms = {"qkv": {"checks": _checks([fwd, dx, dw, dw, dw[:, ::-1]], cm), "dW forms": {"x^T dy": 1.0, "einsum": 1.0}}}
     with pytest.raises(SystemExit) as e:
-        cm.check_agreement(run, {"qkv": {"norms": [10.0, 20.0, 30.0 * (1 + 1e-4)]}})
-    assert "qkv dW differs between jax and torch" in str(e.value.code)
-    # the other forms of JAX's weight gradient are held to torch's weight gradient too
-    forms = {"qkv": {"norms": [10.0, 20.0, 30.0, 30.0, 31.0], "dW forms": {"x^T dy": 1.0, "einsum": 1.0}}}
-    with pytest.raises(SystemExit) as e:
-        cm.check_agreement(forms, {"qkv": {"norms": [10.0, 20.0, 30.0]}})
+        cm.check_agreement(forms, run)
     assert "qkv dW as einsum differs" in str(e.value.code)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modgpt import config as C
+from modgpt.io import probe_writable
 from modgpt.presets import PRESETS, SIZE_KEYS, SIZES
 
 
@@ -57,10 +58,18 @@ def output_file_flag(args: Args, name: str) -> str | None:
 
 
 def writable_file(name: str, value: str) -> str:
-    """`value`, the file option --name will write, or one error line and exit 2 when no writable
-    directory can hold it."""
+    """`value`, the file option --name will write, or one error line and exit 2: empty, a directory,
+    or no writable directory to hold it (tried with a probe file: permission bits lie for root)."""
+    if not value:
+        fail(f"option '--{name}' needs a file name: --{name}=FILE")
+    if os.path.isdir(value):
+        fail(f"option '--{name}': '{value}' is a directory, not a file name")
     parent = os.path.dirname(os.path.abspath(str(value)))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    try:
+        if not os.path.isdir(parent):
+            raise OSError(parent)
+        probe_writable(parent)
+    except OSError:
         fail(f"option '--{name}': cannot write '{value}' (no writable directory '{parent}')")
     return str(value)
 

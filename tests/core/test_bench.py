@@ -27,6 +27,8 @@ def run_bench(run_main):
     (["--repeat=0"], "--repeat"),
     (["--warmup=x"], "--warmup"),
     (["--json=/nonexistent-dir/x.json"], "--json"),
+    (["--json="], "--json"),
+    (["--json=/tmp"], "--json"),  # a directory
     (["--json"], "--json"),
     (["--cpus=99999"], "--cpus"),
 ])

@@ -45,36 +45,44 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     assert set(forms) == set(cm.LAYERS)
     for n, r in forms.items():
         assert r["model"] == rows[(n, "dW")]["jax"]
-        assert {k for k in r if k not in ("layer", "model")} == {"x^T dy", "(dy^T x)^T", "einsum"}
-        assert all(r[k] > 0 for k in r if k != "layer")
+        assert {k for k in r if k not in ("layer", "model", "model_form")} == {"x^T dy", "(dy^T x)^T", "einsum"}
+        assert r["model_form"] == ("(dy^T x)^T" if n == "ffn_down" else "x^T dy")  # the narrower operand transposed
+        assert all(r[k] > 0 for k in r if k not in ("layer", "model_form"))
     assert "JAX's weight gradient written other ways" in out.out
-
-
-def _checks(results, cm):
-    return cm._fingerprints(*results)
 
 
 def test_products_that_differ_are_refused(cm):
     import numpy as np
     rng = np.random.default_rng(0)
-    fwd, dx, dw = (rng.standard_normal(s) for s in [(16, 24), (16, 8), (8, 24)])
-    run = {"qkv": {"checks": _checks([fwd, dx, dw], cm)}}
-    cm.check_agreement(run, {"qkv": {"checks": _checks([fwd, dx, dw * (1 + 2e-6)], cm)}})  # rounding-sized
-    bad = {"scaled": dw * (1 + 1e-4), "permuted": dw[::-1], "one entry off": dw + 0.05 * (np.arange(dw.size) == 3).reshape(dw.shape)}
+    x, dy = rng.standard_normal((3072, 128), dtype=np.float32), rng.standard_normal((3072, 512), dtype=np.float32)
+    dw = x.T.astype(np.float64) @ dy  # the FFN-up weight gradient of the CPU model, in float64
+    small = [rng.standard_normal(s) for s in [(16, 24), (16, 8)]]
+    run = {"ffn_up": {"checks": cm._fingerprints(*small, dw)}}
+    f32 = x.T @ dy  # float32 rounding, and numpy's BLAS rather than XLA's or torch's: must pass
+    cm.check_agreement(run, {"ffn_up": {"checks": cm._fingerprints(*small, f32)}})
+
+    def bf16(a):  # round to bfloat16 (8 bits of mantissa), as a low-precision matmul would read it
+        b = np.asarray(a, np.float32).view(np.uint32)
+        return ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+    bad = {"bfloat16 inputs": bf16(x).T @ bf16(dy), "scaled": dw * (1 + 1e-4), "permuted": dw[::-1],
+           "transposed blocks": np.concatenate([dw[:, 256:], dw[:, :256]], axis=1),
+           "one entry off": dw + 0.5 * (np.arange(dw.size) == 3).reshape(dw.shape)}
     for why, other in bad.items():
         with pytest.raises(SystemExit) as e:
-            cm.check_agreement(run, {"qkv": {"checks": _checks([fwd, dx, other], cm)}})
-        assert "qkv dW differs between jax and torch" in str(e.value.code), why
+            cm.check_agreement(run, {"ffn_up": {"checks": cm._fingerprints(*small, other)}})
+        assert "ffn_up dW differs between jax and torch" in str(e.value.code), why
     # JAX's other forms of the weight gradient are held to torch's weight gradient too
-    forms = {"qkv": {"checks": _checks([fwd, dx, dw, dw, dw[:, ::-1]], cm), "dW forms": {"x^T dy": 1.0, "einsum": 1.0}}}
+    forms = {"ffn_up": {"checks": cm._fingerprints(*small, dw, dw, dw[:, ::-1]),
+                        "dW forms": {"x^T dy": 1.0, "einsum": 1.0}}}
     with pytest.raises(SystemExit) as e:
         cm.check_agreement(forms, run)
-    assert "qkv dW as einsum differs" in str(e.value.code)
+    assert "ffn_up dW as einsum differs" in str(e.value.code)
 
 
 @pytest.mark.parametrize("argv,option", [(["--rounds=0"], "--rounds"), (["--calls=x"], "--calls"),
                                          (["--n_embd=-1"], "--n_embd"), (["--bogus=1"], "--bogus"),
-                                         (["--json=/nonexistent-dir/x.json"], "--json")])
+                                         (["--json=/nonexistent-dir/x.json"], "--json"), (["--json="], "--json"),
+                                         (["--json=/tmp"], "--json"), (["--n=4"], "--n")])
 def test_bad_options_one_line_exit_2(cm, run_main, argv, option):
     code, out = run_main(cm.main, *argv)
     assert code == 2

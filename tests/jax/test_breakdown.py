@@ -54,6 +54,8 @@ def test_every_part_timed_and_flops_add_up(run, tmp_path):
     (["--iters=0"], "--iters"),
     (["--warmup=x"], "--warmup"),
     (["--json=/nonexistent-dir/x.json"], "--json"),
+    (["--json="], "--json"),
+    (["--json=/tmp"], "--json"),  # a directory
     (["--json"], "--json"),
     (["--normalization=batchnorm"], "normalization"),
 ])

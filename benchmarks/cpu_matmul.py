@@ -37,12 +37,6 @@ def shapes(d: int) -> dict:
     return {name: (a * d, b * d) for name, (a, b) in LAYERS.items()}
 
 
-def model_form(i: int, o: int) -> str:
-    """Which of the forms below modgpt_jax's CPU Linear uses for an (i, o) weight
-    (components/layers._matmul_bwd: the narrower operand's transpose is materialized)."""
-    return "x^T dy" if i <= o else "(dy^T x)^T"
-
-
 def inputs(i: int, o: int, n: int):
     """x (n, in), W (in, out), dy (n, out): the same float32 numbers for both frameworks."""
     import numpy as np
@@ -79,7 +73,7 @@ def run_jax(d: int, n: int, calls: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from modgpt_jax.components.layers import matmul
+    from modgpt_jax.components.layers import matmul, transposes_input
     barrier = jax.lax.optimization_barrier  # keeps a materialized transpose from being folded back
     forms = {  # other ways to write the weight gradient, each the same product
         "x^T dy": lambda x, dy: barrier(x.T) @ dy,
@@ -95,7 +89,8 @@ def run_jax(d: int, n: int, calls: int) -> dict:
         out[name] = {"forward": _median_ms(lambda: fwd(x, w).block_until_ready(), calls),
                      "dX": _median_ms(lambda: dx(dy, w).block_until_ready(), calls),
                      "dW": _median_ms(lambda: dw(x, w, dy).block_until_ready(), calls),
-                     "checks": _fingerprints(fwd(x, w), dx(dy, w), dw(x, w, dy)), "dW forms": {}}
+                     "checks": _fingerprints(fwd(x, w), dx(dy, w), dw(x, w, dy)), "dW forms": {},
+                     "model_form": "x^T dy" if transposes_input(i, o) else "(dy^T x)^T"}
         for form, f in forms.items():
             f = jax.jit(f)
             out[name]["dW forms"][form] = _median_ms(lambda: f(x, dy).block_until_ready(), calls)
@@ -188,8 +183,8 @@ def main(argv=None) -> int:
     for name in shapes(a.n_embd):
         model = statistics.median(r[name]["dW"] for r in runs["jax"])
         alt = {f: statistics.median(r[name]["dW forms"][f] for r in runs["jax"]) for f in forms}
-        form_rows.append(dict(layer=name, model=model, model_form=model_form(*shapes(a.n_embd)[name]), **alt))
-        same = model_form(*shapes(a.n_embd)[name])
+        same = runs["jax"][0][name]["model_form"]
+        form_rows.append(dict(layer=name, model=model, model_form=same, **alt))
         print(f"{name:10s} {model:8.2f} " + " ".join(
             f"{f'{alt[f]:.2f} (x{alt[f] / model:.2f})' + ('=' if f == same else ' '):>19s}" for f in forms))
     print("=: the model's own form, compiled again (its ratio is the measurement's noise)")

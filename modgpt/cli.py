@@ -64,14 +64,14 @@ def writable_file(name: str, value: str) -> str:
         fail(f"option '--{name}' needs a file name: --{name}=FILE")
     if os.path.isdir(value):
         fail(f"option '--{name}': '{value}' is a directory, not a file name")
-    parent = os.path.dirname(os.path.abspath(str(value)))
+    parent = os.path.dirname(os.path.abspath(value))
     try:
-        if not os.path.isdir(parent):
-            raise OSError(parent)
+        if not os.path.isdir(parent):  # written into as is: probe_writable would try an ancestor
+            raise NotADirectoryError(parent)
         probe_writable(parent)
     except OSError:
         fail(f"option '--{name}': cannot write '{value}' (no writable directory '{parent}')")
-    return str(value)
+    return value
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -8,6 +8,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def transposes_input(n_in: int, n_out: int) -> bool:
+    """Whether matmul's CPU weight gradient materializes x^T ((in, N) @ (N, out)) rather than dy^T
+    (((out, N) @ (N, in))^T): the narrower operand's, the smaller copy."""
+    return n_in <= n_out
+
+
 @jax.custom_vjp
 def matmul(x, w):
     """x (..., in) @ w (in, out). The backward is autodiff's, with the weight gradient laid out for
@@ -25,7 +31,7 @@ def _matmul_bwd(res, dy):
     x, w = res
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # (N, in), (N, out)
     barrier = jax.lax.optimization_barrier  # keeps XLA from folding the transposes back into the dot
-    if x2.shape[1] <= dy2.shape[1]:
+    if transposes_input(x2.shape[1], dy2.shape[1]):
         dw = barrier(x2.T) @ dy2  # (in, N) @ (N, out)
     else:
         dw = barrier(barrier(dy2.T) @ x2).T  # ((out, N) @ (N, in)).T

@@ -1,7 +1,8 @@
-"""The linear layers' matmuls on the CPU, JAX (XLA:CPU) against torch, shape by shape
-(docs/performance.md, "CPU target", session 12).
+"""The linear layers' matmuls and one layer's attention on the CPU, JAX (XLA:CPU) against torch,
+shape by shape (docs/performance.md, "CPU target", sessions 12 and 13).
 
-    python benchmarks/cpu_matmul.py [--n_embd 128] [--tokens 3072] [--rounds 5] [--calls 20] [--json FILE]
+    python benchmarks/cpu_matmul.py [--n_embd 128] [--tokens 3072] [--block_size 256] [--n_head 4]
+                                    [--rounds 5] [--calls 20] [--xla_option KEY=VALUE ...] [--json FILE]
 
 For each linear layer of a GPT block (qkv, attention output, FFN up, FFN down) at width n_embd and
 `tokens` rows (batch x block size; 12 x 256 for the CPU target), three products:
@@ -12,6 +13,13 @@ For each linear layer of a GPT block (qkv, attention output, FFN up, FFN down) a
            autograd's linear backward does (dy^T x, transposes passed to the BLAS).
 A second table times JAX's weight gradient written the other ways XLA:CPU could run it, against
 the form the model uses: the check to repeat on a new CPU before changing that form.
+A third table times one layer's attention, whose products are batched matmuls over (batch, head):
+JAX's CPU causal kernel (modgpt_jax.components.attention.cpu_causal, what the model's sdpa backend
+runs on the CPU) against torch's F.scaled_dot_product_attention(is_causal=True) (modgpt_torch's),
+on (tokens / block_size, block_size, n_head, n_embd / n_head) inputs: the forward, and the forward
+with the backward of all of q, k and v.
+--xla_option KEY=VALUE (repeatable) compiles every JAX function with that XLA:CPU option (e.g.
+xla_cpu_use_onednn=true), to see what another matmul library would change shape by shape.
 JAX and torch never share a process (modgpt_jax never imports torch); they alternate, one process
 each per round, so a slow spell of the machine lands on both. Both get the same float32 inputs
 (numpy, seed 0), and the driver checks that their products agree (norm and a random projection,
@@ -30,6 +38,8 @@ import time
 from modgpt import cli
 
 PRODUCTS = ("forward", "dX", "dW")
+ATTENTION = ("forward", "fwd+bwd")  # the attention table's timed products
+ATTENTION_CHECKS = ("output", "dq", "dk", "dv")  # what is compared between the frameworks
 LAYERS = {"qkv": (1, 3), "attn_out": (1, 1), "ffn_up": (1, 4), "ffn_down": (4, 1)}  # in, out per n_embd
 
 
@@ -42,6 +52,24 @@ def inputs(i: int, o: int, n: int):
     import numpy as np
     rng = np.random.default_rng(0)
     return tuple(rng.standard_normal(s, dtype=np.float32) for s in [(n, i), (i, o), (n, o)])
+
+
+def attention_inputs(b: int, t: int, h: int, hd: int):
+    """q, k, v and the output's cotangent dy, each (b, t, h, hd) float32, the same for both."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    return tuple(rng.standard_normal((b, t, h, hd), dtype=np.float32) for _ in range(4))
+
+
+def parse_xla_options(specs: list[str]) -> dict:
+    """["KEY=VALUE", ...] -> XLA compile options; true/false become booleans, digits integers."""
+    opts = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not eq or not key.startswith("xla_") or not value:
+            cli.fail(f"--xla_option must be KEY=VALUE with an XLA option name (xla_...), got {spec!r}")
+        opts[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+    return opts
 
 
 def _fingerprints(*arrays) -> list[list[float]]:
@@ -67,14 +95,23 @@ def _median_ms(fn, calls: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run_jax(d: int, n: int, calls: int) -> dict:
+def run_jax(d: int, n: int, calls: int, att: tuple, xla_options: dict) -> dict:
     from modgpt import hostmem
     hostmem.keep_freed_blocks()  # as the train command does, before jax starts its threads
     import jax
     import jax.numpy as jnp
 
+    from modgpt_jax.components.attention import cpu_causal
     from modgpt_jax.components.layers import matmul, transposes_input
     barrier = jax.lax.optimization_barrier  # keeps a materialized transpose from being folded back
+
+    def compiled(f, *args):
+        try:
+            return jax.jit(f).lower(*args).compile(compiler_options=xla_options)
+        except Exception as e:  # an option XLA does not know, or a value it refuses
+            if not xla_options:
+                raise
+            cli.fail(f"--xla_option: XLA refused {xla_options}: {str(e).splitlines()[0][:300]}")
     forms = {  # other ways to write the weight gradient, each the same product
         "x^T dy": lambda x, dy: barrier(x.T) @ dy,
         "(dy^T x)^T": lambda x, dy: barrier(barrier(dy.T) @ x).T,
@@ -83,22 +120,31 @@ def run_jax(d: int, n: int, calls: int) -> dict:
     out = {}
     for name, (i, o) in shapes(d).items():
         x, w, dy = (jnp.asarray(a) for a in inputs(i, o, n))
-        fwd = jax.jit(lambda x, w: x @ w)
-        dx = jax.jit(lambda dy, w: dy @ w.T)
-        dw = jax.jit(lambda x, w, dy: jax.vjp(matmul, x, w)[1](dy)[1])
+        fwd = compiled(lambda x, w: x @ w, x, w)
+        dx = compiled(lambda dy, w: dy @ w.T, dy, w)
+        dw = compiled(lambda x, w, dy: jax.vjp(matmul, x, w)[1](dy)[1], x, w, dy)
         out[name] = {"forward": _median_ms(lambda: fwd(x, w).block_until_ready(), calls),
                      "dX": _median_ms(lambda: dx(dy, w).block_until_ready(), calls),
                      "dW": _median_ms(lambda: dw(x, w, dy).block_until_ready(), calls),
                      "checks": _fingerprints(fwd(x, w), dx(dy, w), dw(x, w, dy)), "dW forms": {},
                      "model_form": "x^T dy" if transposes_input(i, o) else "(dy^T x)^T"}
         for form, f in forms.items():
-            f = jax.jit(f)
+            f = compiled(f, x, dy)
             out[name]["dW forms"][form] = _median_ms(lambda: f(x, dy).block_until_ready(), calls)
             out[name]["checks"].append(_fingerprints(f(x, dy))[0])
+    q, k, v, dy = (jnp.asarray(a) for a in attention_inputs(*att))
+
+    def fwd_bwd(q, k, v, dy):
+        y, vjp = jax.vjp(cpu_causal, q, k, v)
+        return (y, *vjp(dy))
+    fwd, fb = compiled(cpu_causal, q, k, v), compiled(fwd_bwd, q, k, v, dy)
+    out["attention"] = {"forward": _median_ms(lambda: fwd(q, k, v).block_until_ready(), calls),
+                        "fwd+bwd": _median_ms(lambda: jax.block_until_ready(fb(q, k, v, dy)), calls),
+                        "checks": _fingerprints(*fb(q, k, v, dy))}
     return out
 
 
-def run_torch(d: int, n: int, calls: int) -> dict:
+def run_torch(d: int, n: int, calls: int, att: tuple) -> dict:
     from modgpt import hostmem
     hostmem.keep_freed_blocks()
     import torch
@@ -111,6 +157,20 @@ def run_torch(d: int, n: int, calls: int) -> dict:
                          "dX": _median_ms(lambda: dy @ w, calls),
                          "dW": _median_ms(lambda: dy.t() @ x, calls),
                          "checks": _fingerprints(x @ w.t(), dy @ w, (dy.t() @ x).t())}
+    # (B, nh, T, hd) views of (B, T, nh, hd) tensors, as modgpt_torch's attention hands them to sdpa
+    q, k, v, dy = (torch.from_numpy(a).transpose(1, 2) for a in attention_inputs(*att))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def fwd():
+        with torch.no_grad():
+            return sdpa(q, k, v, is_causal=True)
+
+    def fwd_bwd():
+        y = sdpa(q, k, v, is_causal=True)
+        return (y, *torch.autograd.grad(y, (q, k, v), dy))
+    out["attention"] = {"forward": _median_ms(fwd, calls), "fwd+bwd": _median_ms(fwd_bwd, calls),
+                        "checks": _fingerprints(*(t.detach().transpose(1, 2).numpy() for t in fwd_bwd()))}
     return out
 
 
@@ -123,7 +183,7 @@ def check_agreement(jax_run: dict, torch_run: dict, rtol: float = 1e-5) -> None:
     for name in jax_run:
         jc, tc = jax_run[name]["checks"], torch_run[name]["checks"]
         forms = [f"dW as {f}" for f in jax_run[name].get("dW forms", {})]
-        pairs = list(zip(PRODUCTS, jc, tc)) + [(f, j, tc[-1]) for f, j in zip(forms, jc[len(PRODUCTS):])]
+        pairs = list(zip(ATTENTION_CHECKS if name == "attention" else PRODUCTS, jc, tc)) + [(f, j, tc[-1]) for f, j in zip(forms, jc[len(PRODUCTS):])]
         for prod, (jn, jp, pn), (tn, tp, _) in pairs:
             if not (abs(jn - tn) <= rtol * tn and abs(jp - tp) <= rtol * tn * pn):
                 sys.exit(f"cpu_matmul: {name} {prod} differs between jax and torch "
@@ -135,34 +195,52 @@ def main(argv=None) -> int:
                                  allow_abbrev=False)
     ap.add_argument("--n_embd", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=12 * 256)
+    ap.add_argument("--block_size", type=int, default=256, help="the attention's sequence length")
+    ap.add_argument("--n_head", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--xla_option", action="append", default=[], metavar="KEY=VALUE",
+                    help="compile the JAX side with this XLA:CPU option (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures (unrounded) as JSON to FILE")
     ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.error = lambda msg: cli.fail(msg.replace("\n", " "))  # one line, exit 2, as every modgpt command
     a = ap.parse_args(argv)
-    for flag in ("n_embd", "tokens", "rounds", "calls"):
+    for flag in ("n_embd", "tokens", "block_size", "n_head", "rounds", "calls"):
         if getattr(a, flag) < 1:
             cli.fail(f"--{flag} must be a positive integer, got {getattr(a, flag)}")
+    if a.tokens % a.block_size:
+        cli.fail(f"--block_size must divide --tokens (the attention's batch is tokens / block_size), "
+                 f"got {a.block_size} and {a.tokens}")
+    if a.n_embd % a.n_head:
+        cli.fail(f"--n_head must divide --n_embd, got {a.n_head} and {a.n_embd}")
+    xla_options = parse_xla_options(a.xla_option)
+    att = (a.tokens // a.block_size, a.block_size, a.n_head, a.n_embd // a.n_head)
     if a.json is not None:  # checked before any work, as the other commands do
         cli.writable_file("json", a.json)
     if a.worker:
-        fn = run_jax if a.worker == "jax" else run_torch
-        print(json.dumps(fn(a.n_embd, a.tokens, a.calls)))
+        if a.worker == "jax":
+            print(json.dumps(run_jax(a.n_embd, a.tokens, a.calls, att, xla_options)))
+        else:
+            print(json.dumps(run_torch(a.n_embd, a.tokens, a.calls, att)))
         return 0
     runs = {"jax": [], "torch": []}
     for _ in range(a.rounds):
         for fw in runs:
             cmd = [sys.executable, __file__, f"--worker={fw}", f"--n_embd={a.n_embd}", f"--tokens={a.tokens}",
-                   f"--calls={a.calls}"]
+                   f"--block_size={a.block_size}", f"--n_head={a.n_head}", f"--calls={a.calls}",
+                   *(f"--xla_option={o}" for o in a.xla_option)]
             r = subprocess.run(cmd, capture_output=True, text=True)
+            last = (r.stderr.strip().splitlines() or [""])[-1]
+            if r.returncode == 2 and last.startswith("error:"):  # the worker refused an option: one line
+                print(last, file=sys.stderr)
+                return 2
             if r.returncode != 0:
                 sys.exit(f"cpu_matmul: the {fw} worker failed:\n{r.stderr.strip()[-2000:]}")
             runs[fw].append(json.loads(r.stdout.strip().splitlines()[-1]))
         if len(runs["torch"]) == 1:  # after the first pair: a mismatch ends the run before more rounds
             check_agreement(runs["jax"][0], runs["torch"][0])
     print(f"linear-layer matmuls, n_embd {a.n_embd}, {a.tokens} tokens, float32; wall ms, median of "
-          f"{a.rounds} rounds x {a.calls} calls")
+          f"{a.rounds} rounds x {a.calls} calls" + (f"; JAX compiled with {xla_options}" if xla_options else ""))
     print(f"{'layer':10s} {'(in, out)':12s} {'product':8s} {'jax':>8s} {'torch':>8s} {'jax/torch':>10s}")
     rows = []
     for name, shape in list(shapes(a.n_embd).items()) + [("one block", None)]:
@@ -188,6 +266,15 @@ def main(argv=None) -> int:
         print(f"{name:10s} {model:8.2f} " + " ".join(
             f"{f'{alt[f]:.2f} (x{alt[f] / model:.2f})' + ('=' if f == same else ' '):>19s}" for f in forms))
     print("=: the model's own form, compiled again (its ratio is the measurement's noise)")
+    b, t, h, hd = att
+    print(f"one layer's attention, batch {b} x T {t}, {h} heads of {hd} (JAX: the CPU causal kernel; "
+          f"torch: sdpa):")
+    print(f"{'product':8s} {'jax':>8s} {'torch':>8s} {'jax/torch':>10s}")
+    att_rows = []
+    for prod in ATTENTION:
+        med = {fw: statistics.median(r["attention"][prod] for r in runs[fw]) for fw in runs}
+        att_rows.append(dict(product=prod, **med, ratio=med["jax"] / med["torch"]))
+        print(f"{prod:8s} {med['jax']:8.2f} {med['torch']:8.2f} {med['jax'] / med['torch']:10.2f}")
     command = ["python", "benchmarks/cpu_matmul.py", *(sys.argv[1:] if argv is None else argv)]
     print("command: " + " ".join(command))
     if a.json:
@@ -195,6 +282,8 @@ def main(argv=None) -> int:
         from modgpt.io import write_json
         write_json(a.json, dict(n_embd=a.n_embd, tokens=a.tokens, rounds=a.rounds, calls=a.calls,
                                 machine=machine(), rows=rows, jax_dw_forms=form_rows,
+                                attention=dict(batch=b, block_size=t, n_head=h, head_dim=hd, rows=att_rows),
+                                xla_options=xla_options,
                                 command=command, time=time.strftime("%Y-%m-%d %H:%M:%S")))
     return 0
 

@@ -24,7 +24,9 @@ def cm():
 
 def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     path = tmp_path / "mm.json"
-    code, out = run_main(cm.main, "--n_embd=8", "--tokens=32", "--rounds=2", "--calls=1", f"--json={path}")
+    # --xla_option with XLA's default value: the option reaches the JAX side and is reported
+    code, out = run_main(cm.main, "--n_embd=8", "--tokens=32", "--block_size=16", "--n_head=2", "--rounds=2",
+                         "--calls=1", "--xla_option=xla_cpu_use_onednn=false", f"--json={path}")
     assert code == 0, out.err
     table = [line.split() for line in out.out.splitlines()]
     printed = {(r[0], r[-4]) for r in table if r and r[0] in cm.LAYERS and r[-4] in cm.PRODUCTS}
@@ -49,6 +51,15 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
         assert r["model_form"] == ("(dy^T x)^T" if n == "ffn_down" else "x^T dy")  # the narrower operand transposed
         assert all(r[k] > 0 for k in r if k not in ("layer", "model_form"))
     assert "JAX's weight gradient written other ways" in out.out
+    # one layer's attention: batch tokens / block_size, n_head heads of n_embd / n_head
+    att = res["attention"]
+    assert (att["batch"], att["block_size"], att["n_head"], att["head_dim"]) == (2, 16, 2, 4)
+    assert [r["product"] for r in att["rows"]] == list(cm.ATTENTION)
+    for r in att["rows"]:
+        assert r["jax"] > 0 and r["torch"] > 0 and r["ratio"] == pytest.approx(r["jax"] / r["torch"])
+    assert "one layer's attention, batch 2 x T 16, 2 heads of 4" in out.out
+    assert "JAX compiled with {'xla_cpu_use_onednn': False}" in out.out
+    assert res["xla_options"] == {"xla_cpu_use_onednn": False}
 
 
 def test_products_that_differ_are_refused(cm):
@@ -79,10 +90,41 @@ def test_products_that_differ_are_refused(cm):
     assert "ffn_up dW as einsum differs" in str(e.value.code)
 
 
+def test_attention_that_differs_is_refused(cm):
+    """The attention's output and its three gradients are each held to torch's: a kernel that got
+    one of them wrong (here dk with two key positions swapped) ends the run with that name."""
+    import numpy as np
+    y, dq, dk, dv = (np.asarray(a, np.float64) for a in cm.attention_inputs(2, 64, 2, 8))
+    run = {"attention": {"checks": cm._fingerprints(y, dq, dk, dv)}}
+    cm.check_agreement(run, {"attention": {"checks": cm._fingerprints(y, dq, dk, dv + 1e-9 * dv)}})
+    swapped = dk.copy()
+    swapped[:, [3, 4]] = dk[:, [4, 3]]
+    with pytest.raises(SystemExit) as e:
+        cm.check_agreement(run, {"attention": {"checks": cm._fingerprints(y, dq, swapped, dv)}})
+    assert "attention dk differs between jax and torch" in str(e.value.code)
+
+
+def test_xla_options_parsed_and_refused(cm, run_main):
+    """--xla_option values become booleans and integers where they look so; an option XLA refuses
+    is one line and exit 2, from the JAX worker, before any figure."""
+    assert cm.parse_xla_options(["xla_cpu_use_onednn=true", "xla_cpu_parallel_codegen_split_count=4",
+                                 "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"]) == {
+        "xla_cpu_use_onednn": True, "xla_cpu_parallel_codegen_split_count": 4,
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+    base = ["--n_embd=8", "--tokens=32", "--block_size=16", "--n_head=2", "--rounds=1", "--calls=1"]
+    code, out = run_main(cm.main, *base, "--xla_option=xla_cpu_experimental_ynn_fusion_type=not_a_type")
+    assert code == 2 and out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --xla_option: XLA refused") and "not_a_type" in lines[0]
+
+
 @pytest.mark.parametrize("argv,option", [(["--rounds=0"], "--rounds"), (["--calls=x"], "--calls"),
                                          (["--n_embd=-1"], "--n_embd"), (["--bogus=1"], "--bogus"),
                                          (["--json=/nonexistent-dir/x.json"], "--json"), (["--json="], "--json"),
-                                         (["--json=/tmp"], "--json"), (["--n=4"], "--n")])
+                                         (["--json=/tmp"], "--json"), (["--n=4"], "--n"),
+                                         (["--block_size=100"], "--block_size"), (["--n_head=3"], "--n_head"),
+                                         (["--xla_option=use_onednn=true"], "--xla_option"),
+                                         (["--xla_option=xla_cpu_use_onednn"], "--xla_option")])
 def test_bad_options_one_line_exit_2(cm, run_main, argv, option):
     code, out = run_main(cm.main, *argv)
     assert code == 2

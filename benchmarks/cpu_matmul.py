@@ -17,12 +17,17 @@ A third table times one layer's attention, whose products are batched matmuls ov
 JAX's CPU causal kernel (modgpt_jax.components.attention.cpu_causal, what the model's sdpa backend
 runs on the CPU) against torch's F.scaled_dot_product_attention(is_causal=True) (modgpt_torch's),
 on (tokens / block_size, block_size, n_head, n_embd / n_head) inputs: the forward, and the forward
-with the backward of all of q, k and v.
---xla_option KEY=VALUE (repeatable) compiles every JAX function with that XLA:CPU option (e.g.
-xla_cpu_use_onednn=true), to see what another matmul library would change shape by shape.
+with the backward of all of q, k and v. JAX's kernel takes (batch, head)-major copies of q, k and v
+and copies its output back (the model's path); torch's sdpa reads strided views, as in modgpt_torch.
+--xla_option KEY=VALUE (repeatable) compiles every JAX function with that XLA:CPU option, to see
+what another matmul library would change shape by shape; e.g. oneDNN for the matmuls takes both
+--xla_option=xla_cpu_use_onednn=true and
+--xla_option=xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT (the first
+alone changes nothing in jaxlib 0.10).
 JAX and torch never share a process (modgpt_jax never imports torch); they alternate, one process
 each per round, so a slow spell of the machine lands on both. Both get the same float32 inputs
-(numpy, seed 0), and the driver checks that their products agree (norm and a random projection,
+(numpy; seed 0 for the linear layers, 2 for the attention), and the driver checks that their
+products agree (norm and a random projection,
 1e-5 relative) before it prints a figure. Each figure is the median over rounds of the per-round
 median of --calls calls (wall time, ms); ratio = jax / torch.
 """
@@ -30,16 +35,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import statistics
 import subprocess
 import sys
 import time
 
-from modgpt import cli
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's packages, installed or not
+from modgpt import cli  # noqa: E402
 
 PRODUCTS = ("forward", "dX", "dW")
 ATTENTION = ("forward", "fwd+bwd")  # the attention table's timed products
-ATTENTION_CHECKS = ("output", "dq", "dk", "dv")  # what is compared between the frameworks
+# what is compared between the frameworks: the forward program's output, then the forward+backward's
+ATTENTION_CHECKS = ("forward output", "output", "dq", "dk", "dv")
 LAYERS = {"qkv": (1, 3), "attn_out": (1, 1), "ffn_up": (1, 4), "ffn_down": (4, 1)}  # in, out per n_embd
 
 
@@ -62,11 +70,12 @@ def attention_inputs(b: int, t: int, h: int, hd: int):
 
 
 def parse_xla_options(specs: list[str]) -> dict:
-    """["KEY=VALUE", ...] -> XLA compile options; true/false become booleans, digits integers."""
+    """["KEY=VALUE", ...] -> XLA compile options; true/false become booleans, digits integers; VALUE
+    may be empty (xla_cpu_experimental_ynn_fusion_type= turns YNNPACK off)."""
     opts = {}
     for spec in specs:
         key, eq, value = spec.partition("=")
-        if not eq or not key.startswith("xla_") or not value:
+        if not eq or not key.startswith("xla_"):
             cli.fail(f"--xla_option must be KEY=VALUE with an XLA option name (xla_...), got {spec!r}")
         opts[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
     return opts
@@ -105,13 +114,15 @@ def run_jax(d: int, n: int, calls: int, att: tuple, xla_options: dict) -> dict:
     from modgpt_jax.components.layers import matmul, transposes_input
     barrier = jax.lax.optimization_barrier  # keeps a materialized transpose from being folded back
 
-    def compiled(f, *args):
+    if xla_options:  # refused options are one line, before anything is timed; later errors are real
         try:
-            return jax.jit(f).lower(*args).compile(compiler_options=xla_options)
+            jax.jit(lambda a: a + 1).lower(jnp.zeros(8)).compile(compiler_options=xla_options)
         except Exception as e:  # an option XLA does not know, or a value it refuses
-            if not xla_options:
-                raise
-            cli.fail(f"--xla_option: XLA refused {xla_options}: {str(e).splitlines()[0][:300]}")
+            why = (str(e).splitlines() or [type(e).__name__])[0][:300]
+            cli.fail(f"--xla_option: XLA refused {xla_options}: {why}")
+
+    def compiled(f, *args):
+        return jax.jit(f).lower(*args).compile(compiler_options=xla_options)
     forms = {  # other ways to write the weight gradient, each the same product
         "x^T dy": lambda x, dy: barrier(x.T) @ dy,
         "(dy^T x)^T": lambda x, dy: barrier(barrier(dy.T) @ x).T,
@@ -140,7 +151,7 @@ def run_jax(d: int, n: int, calls: int, att: tuple, xla_options: dict) -> dict:
     fwd, fb = compiled(cpu_causal, q, k, v), compiled(fwd_bwd, q, k, v, dy)
     out["attention"] = {"forward": _median_ms(lambda: fwd(q, k, v).block_until_ready(), calls),
                         "fwd+bwd": _median_ms(lambda: jax.block_until_ready(fb(q, k, v, dy)), calls),
-                        "checks": _fingerprints(*fb(q, k, v, dy))}
+                        "checks": _fingerprints(fwd(q, k, v), *fb(q, k, v, dy))}
     return out
 
 
@@ -170,7 +181,7 @@ def run_torch(d: int, n: int, calls: int, att: tuple) -> dict:
         y = sdpa(q, k, v, is_causal=True)
         return (y, *torch.autograd.grad(y, (q, k, v), dy))
     out["attention"] = {"forward": _median_ms(fwd, calls), "fwd+bwd": _median_ms(fwd_bwd, calls),
-                        "checks": _fingerprints(*(t.detach().transpose(1, 2).numpy() for t in fwd_bwd()))}
+                        "checks": _fingerprints(*(t.detach().transpose(1, 2).numpy() for t in (fwd(), *fwd_bwd())))}
     return out
 
 
@@ -183,7 +194,8 @@ def check_agreement(jax_run: dict, torch_run: dict, rtol: float = 1e-5) -> None:
     for name in jax_run:
         jc, tc = jax_run[name]["checks"], torch_run[name]["checks"]
         forms = [f"dW as {f}" for f in jax_run[name].get("dW forms", {})]
-        pairs = list(zip(ATTENTION_CHECKS if name == "attention" else PRODUCTS, jc, tc)) + [(f, j, tc[-1]) for f, j in zip(forms, jc[len(PRODUCTS):])]
+        labels = ATTENTION_CHECKS if name == "attention" else PRODUCTS
+        pairs = list(zip(labels, jc, tc)) + [(f, j, tc[-1]) for f, j in zip(forms, jc[len(PRODUCTS):])]
         for prod, (jn, jp, pn), (tn, tp, _) in pairs:
             if not (abs(jn - tn) <= rtol * tn and abs(jp - tp) <= rtol * tn * pn):
                 sys.exit(f"cpu_matmul: {name} {prod} differs between jax and torch "
@@ -195,7 +207,8 @@ def main(argv=None) -> int:
                                  allow_abbrev=False)
     ap.add_argument("--n_embd", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=12 * 256)
-    ap.add_argument("--block_size", type=int, default=256, help="the attention's sequence length")
+    ap.add_argument("--block_size", type=int, default=None,
+                    help="the attention's sequence length (default 256 where it divides --tokens, else --tokens)")
     ap.add_argument("--n_head", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=20)
@@ -205,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.error = lambda msg: cli.fail(msg.replace("\n", " "))  # one line, exit 2, as every modgpt command
     a = ap.parse_args(argv)
+    if a.block_size is None:
+        a.block_size = 256 if a.tokens % 256 == 0 else a.tokens
     for flag in ("n_embd", "tokens", "block_size", "n_head", "rounds", "calls"):
         if getattr(a, flag) < 1:
             cli.fail(f"--{flag} must be a positive integer, got {getattr(a, flag)}")

@@ -24,8 +24,9 @@ def cm():
 
 def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     path = tmp_path / "mm.json"
-    # --xla_option with XLA's default value: the option reaches the JAX side and is reported
-    code, out = run_main(cm.main, "--n_embd=8", "--tokens=32", "--block_size=16", "--n_head=2", "--rounds=2",
+    # block 128: the attention kernel's 4 query blocks of 32 rows, as at the real size (4 of 64);
+    # --xla_option with XLA's default value is reported (that it reaches XLA: the refusal test below)
+    code, out = run_main(cm.main, "--n_embd=8", "--tokens=256", "--block_size=128", "--n_head=2", "--rounds=2",
                          "--calls=1", "--xla_option=xla_cpu_use_onednn=false", f"--json={path}")
     assert code == 0, out.err
     table = [line.split() for line in out.out.splitlines()]
@@ -34,7 +35,7 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     assert "(8, 24)" in out.out and "(32, 8)" in out.out  # qkv and FFN-down at width 8
     assert out.out.strip().splitlines()[-1].startswith("command: python benchmarks/cpu_matmul.py --n_embd=8")
     res = json.loads(path.read_text())
-    assert (res["n_embd"], res["tokens"], res["rounds"]) == (8, 32, 2)
+    assert (res["n_embd"], res["tokens"], res["rounds"]) == (8, 256, 2)
     rows = {(r["layer"], r["product"]): r for r in res["rows"]}
     assert len(rows) == len(res["rows"]) == 5 * len(cm.PRODUCTS)
     for r in res["rows"]:
@@ -53,11 +54,11 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     assert "JAX's weight gradient written other ways" in out.out
     # one layer's attention: batch tokens / block_size, n_head heads of n_embd / n_head
     att = res["attention"]
-    assert (att["batch"], att["block_size"], att["n_head"], att["head_dim"]) == (2, 16, 2, 4)
+    assert (att["batch"], att["block_size"], att["n_head"], att["head_dim"]) == (2, 128, 2, 4)
     assert [r["product"] for r in att["rows"]] == list(cm.ATTENTION)
     for r in att["rows"]:
         assert r["jax"] > 0 and r["torch"] > 0 and r["ratio"] == pytest.approx(r["jax"] / r["torch"])
-    assert "one layer's attention, batch 2 x T 16, 2 heads of 4" in out.out
+    assert "one layer's attention, batch 2 x T 128, 2 heads of 4" in out.out
     assert "JAX compiled with {'xla_cpu_use_onednn': False}" in out.out
     assert res["xla_options"] == {"xla_cpu_use_onednn": False}
 
@@ -90,28 +91,34 @@ def test_products_that_differ_are_refused(cm):
     assert "ffn_up dW as einsum differs" in str(e.value.code)
 
 
-def test_attention_that_differs_is_refused(cm):
-    """The attention's output and its three gradients are each held to torch's: a kernel that got
-    one of them wrong (here dk with two key positions swapped) ends the run with that name."""
+@pytest.mark.parametrize("wrong", range(5))
+def test_attention_that_differs_is_refused(cm, wrong):
+    """The forward program's output, and the forward+backward's output and three gradients, are each
+    held to torch's: one of them wrong (two sequence positions swapped) ends the run with its name."""
     import numpy as np
-    y, dq, dk, dv = (np.asarray(a, np.float64) for a in cm.attention_inputs(2, 64, 2, 8))
-    run = {"attention": {"checks": cm._fingerprints(y, dq, dk, dv)}}
-    cm.check_agreement(run, {"attention": {"checks": cm._fingerprints(y, dq, dk, dv + 1e-9 * dv)}})
-    swapped = dk.copy()
-    swapped[:, [3, 4]] = dk[:, [4, 3]]
+    q, k, v, dy = (np.asarray(a, np.float64) for a in cm.attention_inputs(2, 64, 2, 8))
+    results = [q, q, k, v, dy]  # stand-ins: (y, y, dq, dk, dv) of one shape, all different
+    run = {"attention": {"checks": cm._fingerprints(*results)}}
+    cm.check_agreement(run, {"attention": {"checks": cm._fingerprints(*[a * (1 + 1e-9) for a in results])}})
+    bad = list(results)
+    bad[wrong] = results[wrong].copy()
+    bad[wrong][:, [3, 4]] = results[wrong][:, [4, 3]]
     with pytest.raises(SystemExit) as e:
-        cm.check_agreement(run, {"attention": {"checks": cm._fingerprints(y, dq, swapped, dv)}})
-    assert "attention dk differs between jax and torch" in str(e.value.code)
+        cm.check_agreement(run, {"attention": {"checks": cm._fingerprints(*bad)}})
+    assert f"attention {cm.ATTENTION_CHECKS[wrong]} differs between jax and torch" in str(e.value.code)
 
 
 def test_xla_options_parsed_and_refused(cm, run_main):
     """--xla_option values become booleans and integers where they look so; an option XLA refuses
     is one line and exit 2, from the JAX worker, before any figure."""
     assert cm.parse_xla_options(["xla_cpu_use_onednn=true", "xla_cpu_parallel_codegen_split_count=4",
-                                 "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"]) == {
+                                 "xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_DOT",
+                                 "xla_cpu_experimental_ynn_fusion_type="]) == {
         "xla_cpu_use_onednn": True, "xla_cpu_parallel_codegen_split_count": 4,
-        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-    base = ["--n_embd=8", "--tokens=32", "--block_size=16", "--n_head=2", "--rounds=1", "--calls=1"]
+        "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+        "xla_cpu_experimental_ynn_fusion_type": ""}
+    # --tokens=32 without --block_size: the attention takes one sequence of 32 (256 does not divide it)
+    base = ["--n_embd=8", "--tokens=32", "--n_head=2", "--rounds=1", "--calls=1"]
     code, out = run_main(cm.main, *base, "--xla_option=xla_cpu_experimental_ynn_fusion_type=not_a_type")
     assert code == 2 and out.out == ""
     lines = out.err.strip().splitlines()
@@ -123,6 +130,7 @@ def test_xla_options_parsed_and_refused(cm, run_main):
                                          (["--json=/nonexistent-dir/x.json"], "--json"), (["--json="], "--json"),
                                          (["--json=/tmp"], "--json"), (["--n=4"], "--n"),
                                          (["--block_size=100"], "--block_size"), (["--n_head=3"], "--n_head"),
+                                         (["--block_size=0"], "--block_size"),
                                          (["--xla_option=use_onednn=true"], "--xla_option"),
                                          (["--xla_option=xla_cpu_use_onednn"], "--xla_option")])
 def test_bad_options_one_line_exit_2(cm, run_main, argv, option):

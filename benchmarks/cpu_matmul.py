@@ -291,6 +291,8 @@ def main(argv=None) -> int:
         att_rows.append(dict(product=prod, **med, ratio=med["jax"] / med["torch"]))
         print(f"{prod:8s} {med['jax']:8.2f} {med['torch']:8.2f} {med['jax'] / med['torch']:10.2f}")
     command = ["python", "benchmarks/cpu_matmul.py", *(sys.argv[1:] if argv is None else argv)]
+    from modgpt.bench import env_line, timing_env
+    print(env_line(timing_env()))
     print("command: " + " ".join(command))
     if a.json:
         from modgpt.bench import machine

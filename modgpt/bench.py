@@ -207,8 +207,27 @@ def table(results: list[dict], ratio: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+# environment variables that change how fast (or what) a backend computes: XLA and JAX options,
+# thread counts of OpenMP/MKL/BLAS, torch and CUDA settings. The children inherit them, so a run
+# with XLA_FLAGS set is not the same experiment as one without: the report says which it was.
+TIMING_ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_",
+                       "CUDA_", "NCCL_")
+
+
+def timing_env() -> dict[str, str]:
+    """The set environment variables named by TIMING_ENV_PREFIXES, sorted by name."""
+    return {k: os.environ[k] for k in sorted(os.environ) if k.startswith(TIMING_ENV_PREFIXES)}
+
+
+def env_line(env: dict[str, str]) -> str:
+    """'environment: K=V ...' (shell-quoted), or that none of the variables is set."""
+    if not env:
+        return "environment: none of " + ", ".join(p + "*" for p in TIMING_ENV_PREFIXES) + " set"
+    return "environment: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
+
 def machine() -> dict:
-    """CPU model, cores, load: what a CPU timing depends on."""
+    """CPU model, cores, load, and the environment variables a timing depends on."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -220,7 +239,7 @@ def machine() -> dict:
     except OSError:
         load = None
     return {"cpu": model, "cores": os.cpu_count(), "host": platform.node(), "os": platform.platform(),
-            "python": platform.python_version(), "loadavg_1_5_15": load}
+            "python": platform.python_version(), "loadavg_1_5_15": load, "env": timing_env()}
 
 
 def forwarded(argv: list[str]) -> list[str]:
@@ -300,6 +319,7 @@ def main(argv=None) -> int:
     print("step plan: XLA's memory plan for one step per device (jax): arguments + temporaries + outputs - donated")
     print("floor: what weights, gradients, AdamW state and saved activations need (python -m modgpt.memory); "
           "x floor: peak dev mem / floor, else \"(plan)\" = step plan / floor")
+    print(env_line(before["env"]))
     print("command: " + shlex.join(command))
     if json_path:
         write_json(json_path, {"command": command, "time": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -71,6 +71,24 @@ def test_combine_and_ratios_take_medians_within_rounds():
     assert text.splitlines()[2].split()[-1] == f"{200 / 110:.2f}"
 
 
+def test_environment_is_recorded(monkeypatch):
+    """The environment variables that change a timing (XLA_FLAGS, thread counts, ...) are part of
+    the record: two runs that differ only there must not read as the same experiment."""
+    for k in list(os.environ):
+        if k.startswith(BM.TIMING_ENV_PREFIXES):
+            monkeypatch.delenv(k)
+    assert BM.timing_env() == {} and BM.env_line({}).startswith("environment: none of XLA_*, JAX_*")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MODGPT_TINYSHAKESPEARE", "/x")  # not a timing setting
+    env = BM.timing_env()
+    assert env == {"OMP_NUM_THREADS": "1",
+                   "XLA_FLAGS": "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type="}
+    assert BM.machine()["env"] == env
+    assert BM.env_line(env) == ("environment: OMP_NUM_THREADS=1 "
+                                "XLA_FLAGS='--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type='")
+
+
 def test_failed_backend_is_reported():
     res = [fake("jax", 100), {"backend": "torch", "error": "error: boom", "returncode": 2}]
     text = BM.table(res, {})
@@ -93,9 +111,11 @@ def test_bench_runs_all_backends(run_bench, data_dir, tmp_path):
     assert any(ln.startswith("tokens/s jax/torch:") for ln in lines)
     assert any(ln.startswith("tokens/s torch/nanogpt:") for ln in lines)
     assert lines[-1].startswith("command: python -m modgpt.bench --size=tiny")
+    assert lines[-2] == BM.env_line(BM.timing_env())  # this suite sets XLA_FLAGS (8 CPU devices)
 
     rep = json.loads(out_json.read_text())
     assert rep["command"][:3] == ["python", "-m", "modgpt.bench"] and rep["machine"]["cores"] == os.cpu_count()
+    assert rep["machine"]["env"]["XLA_FLAGS"] == os.environ["XLA_FLAGS"]
     assert set(rep["ratios"]) >= {"jax/torch", "torch/nanogpt", "jax/nanogpt"}
     assert rep["round_ratios"]["jax/torch"] == [rep["ratios"]["jax/torch"]]  # one round
     by = {r["backend"]: r for r in rep["results"]}

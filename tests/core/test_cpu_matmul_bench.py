@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 
 import pytest
@@ -34,6 +35,7 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     assert printed == {(n, p) for n in cm.LAYERS for p in cm.PRODUCTS}
     assert "(8, 24)" in out.out and "(32, 8)" in out.out  # qkv and FFN-down at width 8
     assert out.out.strip().splitlines()[-1].startswith("command: python benchmarks/cpu_matmul.py --n_embd=8")
+    assert out.out.strip().splitlines()[-2].startswith("environment: ")  # XLA_FLAGS and the like, if set
     res = json.loads(path.read_text())
     assert (res["n_embd"], res["tokens"], res["rounds"]) == (8, 256, 2)
     rows = {(r["layer"], r["product"]): r for r in res["rows"]}
@@ -61,6 +63,7 @@ def test_tiny_run_prints_every_layer_and_product(cm, run_main, tmp_path):
     assert "one layer's attention, batch 2 x T 128, 2 heads of 4" in out.out
     assert "JAX compiled with {'xla_cpu_use_onednn': False}" in out.out
     assert res["xla_options"] == {"xla_cpu_use_onednn": False}
+    assert res["machine"]["env"].get("XLA_FLAGS") == os.environ.get("XLA_FLAGS")
 
 
 def test_products_that_differ_are_refused(cm):

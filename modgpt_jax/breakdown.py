@@ -29,6 +29,7 @@ from modgpt import cli, hostmem
 from modgpt import config as C
 from modgpt import flops as F
 from modgpt import hardware as HW
+from modgpt.bench import env_line, timing_env
 from modgpt.io import write_json
 
 FLAGS = {"iters": "timed calls per part (default 10)", "warmup": "untimed calls first (default 2)",
@@ -168,8 +169,9 @@ def main(argv=None) -> int:
         cli.fail(why)
     command = ["python", "-m", "modgpt_jax.breakdown", *(sys.argv[1:] if argv is None else argv)]
     res = measure(cfg, iters, warmup)
-    res.update(command=command, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    res.update(command=command, time=time.strftime("%Y-%m-%d %H:%M:%S"), env=timing_env())
     print(table(res))
+    print(env_line(res["env"]))  # XLA_FLAGS and the like: part of the experiment (modgpt/bench.py)
     print("command: " + shlex.join(command))
     if json_path:
         write_json(json_path, res)

@@ -3,6 +3,7 @@ add up, the JSON record, and bad options refused before any compilation. No timi
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -43,7 +44,9 @@ def test_every_part_timed_and_flops_add_up(run, tmp_path):
     assert flop["step"] == pytest.approx(accum * flop["fwd+bwd"], rel=1e-9)
     assert by["optimizer"]["tflops"] is None and by["step"]["mfu"] is None  # no known CPU peak
     assert res["command"][:3] == ["python", "-m", "modgpt_jax.breakdown"]
+    assert res["env"]["XLA_FLAGS"] == os.environ["XLA_FLAGS"]  # this suite's 8 CPU devices
     lines = out.out.splitlines()
+    assert lines[-2] == BD.env_line(res["env"]) and lines[-1].startswith("command: ")
     assert lines[0].startswith("breakdown: ") and "cpu x8" in lines[0]
     for part in PARTS:
         assert any(ln.startswith(part + " ") for ln in lines), part

@@ -27,9 +27,9 @@ alone changes nothing in jaxlib 0.10).
 JAX and torch never share a process (modgpt_jax never imports torch); they alternate, one process
 each per round, so a slow spell of the machine lands on both. Both get the same float32 inputs
 (numpy; seed 0 for the linear layers, 2 for the attention), and the driver checks that their
-products agree (norm and a random projection,
-1e-5 relative) before it prints a figure. Each figure is the median over rounds of the per-round
-median of --calls calls (wall time, ms); ratio = jax / torch.
+products agree (norm and a random projection, 1e-5 relative) before it prints a figure. Each
+figure is the median over rounds of the per-round median of --calls calls (wall time, ms);
+ratio = jax / torch.
 """
 from __future__ import annotations
 
@@ -180,8 +180,9 @@ def run_torch(d: int, n: int, calls: int, att: tuple) -> dict:
     def fwd_bwd():
         y = sdpa(q, k, v, is_causal=True)
         return (y, *torch.autograd.grad(y, (q, k, v), dy))
+    results = (t.detach().transpose(1, 2).numpy() for t in (fwd(), *fwd_bwd()))  # back to (B, T, nh, hd)
     out["attention"] = {"forward": _median_ms(fwd, calls), "fwd+bwd": _median_ms(fwd_bwd, calls),
-                        "checks": _fingerprints(*(t.detach().transpose(1, 2).numpy() for t in (fwd(), *fwd_bwd())))}
+                        "checks": _fingerprints(*results)}
     return out
 
 
@@ -290,15 +291,15 @@ def main(argv=None) -> int:
         med = {fw: statistics.median(r["attention"][prod] for r in runs[fw]) for fw in runs}
         att_rows.append(dict(product=prod, **med, ratio=med["jax"] / med["torch"]))
         print(f"{prod:8s} {med['jax']:8.2f} {med['torch']:8.2f} {med['jax'] / med['torch']:10.2f}")
+    from modgpt.bench import env_line, machine
     command = ["python", "benchmarks/cpu_matmul.py", *(sys.argv[1:] if argv is None else argv)]
-    from modgpt.bench import env_line, timing_env
-    print(env_line(timing_env()))
+    host = machine()
+    print(env_line(host["env"]))
     print("command: " + " ".join(command))
     if a.json:
-        from modgpt.bench import machine
         from modgpt.io import write_json
         write_json(a.json, dict(n_embd=a.n_embd, tokens=a.tokens, rounds=a.rounds, calls=a.calls,
-                                machine=machine(), rows=rows, jax_dw_forms=form_rows,
+                                machine=host, rows=rows, jax_dw_forms=form_rows,
                                 attention=dict(batch=b, block_size=t, n_head=h, head_dim=hd, rows=att_rows),
                                 xla_options=xla_options,
                                 command=command, time=time.strftime("%Y-%m-%d %H:%M:%S")))

@@ -208,21 +208,26 @@ def table(results: list[dict], ratio: dict[str, float]) -> str:
 
 
 # environment variables that change how fast (or what) a backend computes: XLA and JAX options,
-# thread counts of OpenMP/MKL/BLAS, torch and CUDA settings. The children inherit them, so a run
-# with XLA_FLAGS set is not the same experiment as one without: the report says which it was.
-TIMING_ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_",
-                       "CUDA_", "NCCL_")
+# thread counts and wait policies of OpenMP/MKL/BLAS, torch and CUDA settings, the C allocator's
+# (modgpt/hostmem.py's setting among them). The children inherit them, so a run with XLA_FLAGS set
+# is not the same experiment as one without: the report says which it was. TF_CPP_* are the log
+# levels XLA reads (verbose logging slows a step); other TF_* names are not XLA's (Terraform's too).
+TIMING_ENV_PREFIXES = ("XLA_", "JAX_", "TF_CPP_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH",
+                       "PYTORCH_", "CUDA_", "NCCL_", "MALLOC_")
+TIMING_ENV_NAMES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MODGPT_HOST_MALLOC")
 
 
 def timing_env() -> dict[str, str]:
-    """The set environment variables named by TIMING_ENV_PREFIXES, sorted by name."""
-    return {k: os.environ[k] for k in sorted(os.environ) if k.startswith(TIMING_ENV_PREFIXES)}
+    """The set environment variables named by TIMING_ENV_PREFIXES or TIMING_ENV_NAMES, by name."""
+    return {k: os.environ[k] for k in sorted(os.environ)
+            if k.startswith(TIMING_ENV_PREFIXES) or k in TIMING_ENV_NAMES}
 
 
 def env_line(env: dict[str, str]) -> str:
     """'environment: K=V ...' (shell-quoted), or that none of the variables is set."""
     if not env:
-        return "environment: none of " + ", ".join(p + "*" for p in TIMING_ENV_PREFIXES) + " set"
+        return ("environment: none of " + ", ".join([p + "*" for p in TIMING_ENV_PREFIXES] + list(TIMING_ENV_NAMES))
+                + " set")
     return "environment: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
 
 

@@ -75,17 +75,22 @@ def test_environment_is_recorded(monkeypatch):
     """The environment variables that change a timing (XLA_FLAGS, thread counts, ...) are part of
     the record: two runs that differ only there must not read as the same experiment."""
     for k in list(os.environ):
-        if k.startswith(BM.TIMING_ENV_PREFIXES):
+        if k.startswith(BM.TIMING_ENV_PREFIXES) or k in BM.TIMING_ENV_NAMES:
             monkeypatch.delenv(k)
     assert BM.timing_env() == {} and BM.env_line({}).startswith("environment: none of XLA_*, JAX_*")
+    assert BM.env_line({}).endswith("LD_PRELOAD, MODGPT_HOST_MALLOC set")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MODGPT_TINYSHAKESPEARE", "/x")  # not a timing setting
+    monkeypatch.setenv("GOMP_SPINCOUNT", "0")  # how long torch's OpenMP threads spin before sleeping
+    monkeypatch.setenv("MODGPT_HOST_MALLOC", "default")  # the allocator setting (modgpt/hostmem.py)
+    monkeypatch.setenv("MODGPT_TINYSHAKESPEARE", "/x")  # not timing settings: a data path,
+    monkeypatch.setenv("TF_CLI_CONFIG_FILE", "/root/.terraformrc")  # and Terraform's, not XLA's
+    monkeypatch.setenv("LD_PRELOAD_X", "1")  # names outside the prefixes match whole only
     env = BM.timing_env()
-    assert env == {"OMP_NUM_THREADS": "1",
+    assert env == {"GOMP_SPINCOUNT": "0", "MODGPT_HOST_MALLOC": "default", "OMP_NUM_THREADS": "1",
                    "XLA_FLAGS": "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type="}
     assert BM.machine()["env"] == env
-    assert BM.env_line(env) == ("environment: OMP_NUM_THREADS=1 "
+    assert BM.env_line(env) == ("environment: GOMP_SPINCOUNT=0 MODGPT_HOST_MALLOC=default OMP_NUM_THREADS=1 "
                                 "XLA_FLAGS='--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type='")
 
 

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from modgpt import cli
+from modgpt import cli, hostmem
 from modgpt.config import arch_name
 from modgpt.io import write_json
 from modgpt.memory import fmt_bytes
@@ -214,7 +214,8 @@ def table(results: list[dict], ratio: dict[str, float]) -> str:
 # levels XLA reads (verbose logging slows a step); other TF_* names are not XLA's (Terraform's too).
 TIMING_ENV_PREFIXES = ("XLA_", "JAX_", "TF_CPP_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH",
                        "PYTORCH_", "CUDA_", "NCCL_", "MALLOC_")
-TIMING_ENV_NAMES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MODGPT_HOST_MALLOC")
+TIMING_ENV_NAMES = tuple(k for k in hostmem.ALLOCATOR_ENV if not k.startswith(TIMING_ENV_PREFIXES)) + (
+    hostmem.OPT_OUT,)
 
 
 def timing_env() -> dict[str, str]:
@@ -226,8 +227,8 @@ def timing_env() -> dict[str, str]:
 def env_line(env: dict[str, str]) -> str:
     """'environment: K=V ...' (shell-quoted), or that none of the variables is set."""
     if not env:
-        return ("environment: none of " + ", ".join([p + "*" for p in TIMING_ENV_PREFIXES] + list(TIMING_ENV_NAMES))
-                + " set")
+        names = [p + "*" for p in TIMING_ENV_PREFIXES] + list(TIMING_ENV_NAMES)
+        return "environment: none of " + ", ".join(names) + " set"
     return "environment: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
 
 

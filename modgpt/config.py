@@ -44,6 +44,31 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the option and valid choices."""
 
 
+# Options only one backend implements, each with what the other offers instead. The other backend
+# refuses a non-default value (a key) or the named value (a (key, value) pair) rather than ignore it.
+BACKEND_ONLY: dict = {
+    ("dtype", "float16"): ("torch", "--dtype=bfloat16 (or float32)"),
+    "parallel": ("torch", "--mesh_data=N (data parallel) and --mesh_fsdp=N (FSDP) over its device mesh"),
+    "mesh_data": ("jax", "--parallel=ddp or zero1 under torchrun"),
+    "mesh_fsdp": ("jax", "--parallel=fsdp under torchrun"),
+    "remat": ("jax", "no activation checkpointing: lower --batch_size and raise "
+                     "--gradient_accumulation_steps instead"),
+    "scan_layers": ("jax", "nothing: it only changes how JAX compiles the blocks; drop the option"),
+}
+
+
+def check_backend_options(cfg: "Config", backend: str) -> None:
+    """Refuse an option (or value) that only the other backend implements, naming the alternative."""
+    flat = to_flat(cfg)
+    for key, (owner, instead) in BACKEND_ONLY.items():
+        if owner == backend:
+            continue
+        name, value = key if isinstance(key, tuple) else (key, None)
+        if (flat[name] == value) if value is not None else (flat[name] != KEY_DEFAULT[name]):
+            raise ConfigError(f"option '{name}={flat[name]}' is {owner}-only; the {backend} backend offers "
+                              f"{instead}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture: sizes plus one name per component kind."""

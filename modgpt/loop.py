@@ -55,6 +55,7 @@ class Run:
     is_main: bool = True
     backend: str = ""
     committed: bool = False
+    saved: C.Config | None = None  # resume: the run's config as saved in its config.json
 
 
 class SetupError(RuntimeError):
@@ -167,6 +168,7 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
     cfg = args.config
     explicit = set(args.explicit)
     resume = cfg.train.init_from == "resume"
+    saved = None
     if resume:
         if not cfg.train.out_dir:
             raise SetupError("init_from=resume needs --out_dir=RUN_DIR (the run to continue)")
@@ -203,7 +205,7 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
     out_dir = cfg.train.out_dir or default_out_dir(backend, cfg)
     cfg = cfg.replace(out_dir=out_dir)
     run = Run(cfg=cfg, data_path=data_path, meta=meta, out_dir=out_dir, size_reason=reason, resume=resume,
-              is_main=is_main, backend=backend)
+              is_main=is_main, backend=backend, saved=saved)
     if is_main:
         holder = io.lock_holder(out_dir)
         if holder is not None:
@@ -213,6 +215,18 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
         if write:
             commit(run)
     return run
+
+
+def check_resume_point(run: Run, ckpt_iter: int | None, ckpt: str | None) -> None:
+    """Refuse to resume from a checkpoint beyond max_iters: the loop only stops at max_iters, so it
+    would train on without end (or report iterations it never ran)."""
+    if ckpt_iter is None or ckpt_iter <= run.cfg.train.max_iters:
+        return
+    own = run.saved.train.max_iters if run.saved is not None else 0
+    what = (f"--max_iters={own} (the run's own) or any value >= {ckpt_iter}" if own >= ckpt_iter
+            else f"--max_iters={ckpt_iter} or more")
+    raise SetupError(f"cannot resume: the latest checkpoint ({ckpt}) is at iteration {ckpt_iter}, past "
+                     f"--max_iters={run.cfg.train.max_iters}; pass {what} to train on")
 
 
 def check_fresh(run: Run) -> None:

@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     cfg0 = args.config
     run = None
     try:
+        C.check_backend_options(cfg0, BACKEND)
         if (why := platform_error(cfg0.system.device)) is not None:
             raise loop.SetupError(why)
         if multi and not cfg0.train.out_dir:
@@ -234,6 +235,10 @@ def main(argv=None) -> int:
         # write=False: nothing lands in out_dir until the checkpoint / init weights have loaded
         run = loop.setup(args, BACKEND, has_accelerator=jax.default_backend() != "cpu", is_main=is_main,
                          write=False)
+        if run.resume:  # a checkpoint past max_iters is refused before anything is built or written
+            from modgpt_jax import checkpoint as CK
+            step = CK.latest_step(run.out_dir)
+            loop.check_resume_point(run, step, os.path.join(run.out_dir, CK.CKPT_DIR, str(step)))
         if init_tensors is not None and file_cfg.model != run.cfg.model:
             raise loop.SetupError(f"{cfg0.train.init_from} holds {C.arch_name(file_cfg.model)} but the run "
                                   f"asks for {C.arch_name(run.cfg.model)}")

@@ -29,6 +29,11 @@ def path_for(out_dir: str, it: int) -> str:
     return os.path.join(out_dir, f"ckpt-{it:08d}.pt")
 
 
+def iter_of(path: str) -> int:
+    """The iteration of a checkpoint, read from its name (ckpt-<iter>.pt)."""
+    return int(PATTERN.search(os.path.basename(path)).group(1))
+
+
 def list_checkpoints(out_dir: str) -> list[str]:
     """Checkpoint paths sorted by iteration."""
     found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(out_dir, "ckpt-*.pt"))

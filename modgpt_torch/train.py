@@ -84,6 +84,17 @@ def check_same_arch(want: C.ModelConfig, got: C.ModelConfig, source: str) -> Non
                               f"{getattr(want, diff[0])!r}; drop the conflicting option")
 
 
+def check_launch(mode: str, d: P.Dist) -> None:
+    """--parallel and torchrun go together: a mode without torchrun has no process group to join,
+    and torchrun without a mode would train its processes side by side without syncing them."""
+    if mode != "none" and not d.enabled:
+        raise loop.SetupError(f"--parallel={mode} needs torchrun: torchrun --nproc_per_node=N -m modgpt_torch.train "
+                              f"... --parallel={mode} (or --parallel=none for one process)")
+    if mode == "none" and d.world > 1:
+        raise loop.SetupError(f"torchrun started {d.world} processes but --parallel=none; pass --parallel=ddp, "
+                              f"zero1 or fsdp (or start one process)")
+
+
 class OtherRankFailed(loop.SetupError):
     """Another rank hit a setup error and reports it; this rank exits 2 quietly."""
 
@@ -122,11 +133,20 @@ def do_setup(args, d: P.Dist):
     out_dir = args.config.train.out_dir
 
     def resolve():
+        C.check_backend_options(args.config, BACKEND)
+        check_launch(args.config.system.parallel, d)
         if init == "resume" and out_dir and os.path.isfile(os.path.join(out_dir, loop.CONFIG_NAME)):
             loop.check_backend(out_dir, BACKEND)
         src = preload_init_source(args)
         r = loop.setup(args, BACKEND, has_accelerator=torch.cuda.is_available(), is_main=d.is_main,
                        write=False)
+        if r.cfg.train.batch_size % d.world:
+            raise loop.SetupError(f"batch_size={r.cfg.train.batch_size} is the global batch and cannot be split "
+                                  f"over the {d.world} torchrun processes; set --batch_size to a multiple of "
+                                  f"{d.world} or start fewer processes")
+        if r.resume:  # a checkpoint past max_iters is refused before anything is loaded or written
+            ck = CK.latest(r.out_dir)
+            loop.check_resume_point(r, None if ck is None else CK.iter_of(ck), ck)
         if src is not None and src["kind"] == "safetensors":
             check_same_arch(r.cfg.model, src["model"], init)
         return r, src

@@ -118,6 +118,21 @@ def build_case(name, backend, tmp_path, data_dir, reference):
         return mod, args + ["--init_from=resume"], env, watch, [
             f"out_dir '{out}' holds a {OTHER[backend]} run",
             f"python -m modgpt_{OTHER[backend]}.train --init_from=resume --out_dir={out}"]
+    if name == "resume_past_max_iters":  # the loop stops only at max_iters: it would never stop
+        copy_run(backend)
+        return mod, args + ["--init_from=resume", "--max_iters=5"], env, watch, [
+            "cannot resume: the latest checkpoint", "is at iteration 8, past --max_iters=5",
+            "pass --max_iters=8 (the run's own) or any value >= 8"]
+    if name == "parallel_without_torchrun":  # torch: no process group to join; jax: a torch-only mode
+        return mod, args + ["--parallel=ddp"], env, watch, {
+            "torch": ["--parallel=ddp needs torchrun: torchrun --nproc_per_node=N"],
+            "jax": ["option 'parallel=ddp' is torch-only", "--mesh_data=N (data parallel) and --mesh_fsdp=N"]}[backend]
+    if name == "other_backend_option":
+        if backend == "jax":
+            return mod, args + ["--dtype=float16"], env, watch, [
+                "option 'dtype=float16' is torch-only; the jax backend offers --dtype=bfloat16"]
+        return mod, args + ["--mesh_fsdp=2"], env, watch, [
+            "option 'mesh_fsdp=2' is jax-only; the torch backend offers --parallel=fsdp under torchrun"]
     if name in ("corrupt_checkpoint", "partial_checkpoint"):
         copy_run(backend)
         path = damage_checkpoint(backend, out, name.split("_")[0])
@@ -154,6 +169,7 @@ CASES = ["unknown_option", "wrong_type", "wrong_bool", "unknown_component", "unk
          "heads_do_not_divide", "odd_rope_head_dim", "config_file_fails", "config_file_missing",
          "missing_dataset", "missing_data_source", "truncated_train_bin", "corrupt_meta_json",
          "vocab_mismatch", "too_big_for_memory", "resume_without_run", "resume_other_architecture", "resume_other_backend",
+         "resume_past_max_iters", "parallel_without_torchrun", "other_backend_option",
          "corrupt_checkpoint", "partial_checkpoint", "init_missing_tensor", "init_misshaped_tensor",
          "init_not_safetensors", "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend"]
 

@@ -71,6 +71,24 @@ def test_fsdp_resume(single, data_dir, tmp_path):
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
 
 
+@pytest.mark.parametrize("extra,msg", [
+    (["--batch_size=5", "--parallel=ddp"], "batch_size=5 is the global batch and cannot be split over the 2 "
+                                           "torchrun processes; set --batch_size to a multiple of 2"),
+    (["--parallel=none"], "torchrun started 2 processes but --parallel=none; pass --parallel=ddp"),
+], ids=["batch_5_over_2", "no_parallel_mode"])
+def test_torchrun_refusals(data_dir, tmp_path, extra, msg):
+    """Refused under torchrun: one error line, from rank 0, no traceback of ours, nothing written.
+    torchrun itself then reports the failed workers (its own summary, exit 1): that part is the launcher's."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "modgpt_torch.train", *ARGS, "--max_iters=2", *extra, f"--data_dir={data_dir}", f"--out_dir={out}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    errors = [ln for ln in p.stderr.splitlines() if "error:" in ln]
+    assert p.returncode != 0 and len(errors) == 1 and errors[0].startswith(f"error: {msg}"), p.stderr[-3000:]
+    assert "modgpt_torch/" not in p.stderr, p.stderr[-3000:]  # no traceback through our code
+    assert not out.exists()
+
+
 EXIT_SCRIPT = """
 import atexit, sys
 import torch

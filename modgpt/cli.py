@@ -24,6 +24,13 @@ class Args:
     config_file: str | None = None
     flags: dict[str, Any] = field(default_factory=dict)  # entry-point specific options
     positional: list[str] = field(default_factory=list)
+    file_keys: set[str] = field(default_factory=set)  # the explicit keys the config file set (not overridden)
+
+    def origin(self, key: str) -> str | None:
+        """Where an explicit key's value came from, in words; None for a key not set explicitly."""
+        if key not in self.explicit:
+            return None
+        return "config file" if key in self.file_keys else "command line"
 
 
 def fail(msg: str, code: int = 2):
@@ -184,7 +191,7 @@ def _parse(argv, prog, extra_flags, allow_positional, base) -> Args:
     flat.update(layered)
     cfg = C.from_flat(flat)
     return Args(config=cfg, explicit=explicit, preset=preset, config_file=config_file, flags=flags,
-                positional=positional)
+                positional=positional, file_keys=set(from_file) - set(cmd))
 
 
 def describe_sources(args: Args) -> str:

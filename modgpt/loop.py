@@ -18,7 +18,7 @@ from modgpt import io
 from modgpt import memory as MEM
 from modgpt.memory import fmt_bytes  # noqa: F401 - used here and by the entry points as loop.fmt_bytes
 from modgpt.io import RunLock, write_json
-from modgpt.presets import resolve_auto_size
+from modgpt.presets import SCHEDULE_KEYS, resolve_auto_size, resolve_schedule
 from modgpt.runlog import RunLog
 
 CONFIG_NAME = "config.json"
@@ -56,6 +56,7 @@ class Run:
     backend: str = ""
     committed: bool = False
     saved: C.Config | None = None  # resume: the run's config as saved in its config.json
+    schedule: dict | None = None  # where max_iters, warmup_iters and lr_decay_iters came from, in words
 
 
 class SetupError(RuntimeError):
@@ -188,8 +189,12 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
                              f"{getattr(cfg.model, diff[0])!r} but the checkpoint has "
                              f"{getattr(saved.model, diff[0])!r}")
         reason = f"size from the resumed run ({C.arch_name(cfg.model)})"
+        budget: set[str] = set()
     else:
-        cfg, reason = resolve_auto_size(cfg, explicit, has_accelerator)
+        cfg, reason, budget = resolve_auto_size(cfg, explicit, has_accelerator)
+    origin = {k: args.origin(k) or ("CPU budget" if k in budget else "the resumed run" if resume else "default")
+              for k in SCHEDULE_KEYS}
+    cfg, schedule = resolve_schedule(cfg, explicit, origin, follow=not resume)
     data_path = ensure_data(cfg, verbose=is_main) if is_main else D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
     meta = D.load_meta(data_path)
     for split in D.SPLITS:  # a truncated .bin is refused here, before out_dir is touched
@@ -205,7 +210,7 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
     out_dir = cfg.train.out_dir or default_out_dir(backend, cfg)
     cfg = cfg.replace(out_dir=out_dir)
     run = Run(cfg=cfg, data_path=data_path, meta=meta, out_dir=out_dir, size_reason=reason, resume=resume,
-              is_main=is_main, backend=backend, saved=saved)
+              is_main=is_main, backend=backend, saved=saved, schedule=schedule)
     if is_main:
         holder = io.lock_holder(out_dir)
         if holder is not None:
@@ -311,8 +316,7 @@ def startup_report(run: Run, backend: str, device_name: str, n_devices: int, pre
                         f"{cfg.train.gradient_accumulation_steps} x block {cfg.model.block_size})"),
         ("data", f"{run.data_path} ({run.meta['tokenizer']}, vocab {run.meta['vocab_size']}, "
                  f"{run.meta['train_tokens']:,} train tokens)"),
-        ("schedule", f"{cfg.train.max_iters} iters, lr {cfg.train.learning_rate:g} -> {cfg.train.min_lr:g}, "
-                     f"warmup {cfg.train.warmup_iters}"),
+        ("schedule", schedule_line(cfg.train, run.schedule or {})),
         ("memory floor", MEM.summary(MEM.for_run(cfg, backend, n_devices))),
         ("out_dir", run.out_dir + ("  (resuming)" if run.resume else "")),
     ]
@@ -320,6 +324,19 @@ def startup_report(run: Run, backend: str, device_name: str, n_devices: int, pre
     lines.append("TRAINING:")
     lines += [f"  {k + ':':<14}{v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def schedule_line(t: C.TrainConfig, src: dict) -> str:
+    """The report's schedule row: each length with where it came from, and a note when the run stops
+    before its schedule ends (a longer schedule, to be resumed, or a recipe cut short)."""
+    def where(k):
+        return f" ({src[k]})" if src.get(k) else ""
+    line = (f"{t.max_iters} iters{where('max_iters')}; lr {t.learning_rate:g} -> {t.min_lr:g}; warmup "
+            f"{t.warmup_iters}{where('warmup_iters')}; cosine decay to iter {t.lr_decay_iters}{where('lr_decay_iters')}")
+    end = max(t.warmup_iters, t.lr_decay_iters)
+    if t.max_iters < end:
+        line += f"; note: the run stops at {t.max_iters / end:.0%} of its schedule (resume with --max_iters={end})"
+    return line
 
 
 def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak: float | None,

@@ -125,12 +125,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["x.json"]
 
 
-class _Args:
-    def __init__(self, **flat):
-        from modgpt import cli
-        argv = [f"--{k}={v}" for k, v in flat.items()]
-        a = cli.parse(argv)
-        self.config, self.explicit = a.config, a.explicit
+def _Args(**flat):
+    from modgpt import cli
+    return cli.parse([f"--{k}={v}" for k, v in flat.items()])
 
 
 def test_setup_guards(tmp_path, data_dir):
@@ -161,3 +158,56 @@ def test_auto_size_on_cpu(tmp_path, data_dir):
     run.lock.release()
     run = loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "b"), n_layer=3), "jax", False)
     assert run.cfg.model.n_layer == 3 and run.cfg.model.n_embd == 768
+
+
+def test_schedule_follows_the_run(tmp_path, data_dir):
+    """Unset, lr_decay_iters follows max_iters and the warmup is capped at 10% of the run; the report
+    says where each value came from."""
+    run = loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "a"), max_iters=40), "jax", False, write=False)
+    t = run.cfg.train
+    assert (t.max_iters, t.warmup_iters, t.lr_decay_iters) == (40, 4, 40)
+    assert run.schedule == {"max_iters": "command line", "warmup_iters": "CPU budget 50, capped at 10% of max_iters",
+                            "lr_decay_iters": "follows max_iters"}
+    assert loop.lr_at(4, t) == t.learning_rate and loop.lr_at(40, t) == t.min_lr  # reaches its peak, decays
+    line = loop.schedule_line(t, run.schedule)
+    assert line.startswith("40 iters (command line); lr 0.002 -> 0.0002; warmup 4 (CPU budget 50, capped")
+    assert "cosine decay to iter 40 (follows max_iters)" in line and "note:" not in line
+    run = loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "b"), size="tiny"), "jax", True, write=False)
+    t = run.cfg.train  # the defaults fit a 5000-iteration run as they are
+    assert (t.max_iters, t.warmup_iters, t.lr_decay_iters) == (5000, 100, 5000)
+    assert run.schedule["warmup_iters"] == "default" and run.schedule["lr_decay_iters"] == "follows max_iters"
+
+
+def test_explicit_schedule_is_kept(tmp_path, data_dir):
+    """A config file's schedule is taken exactly (nanoGPT's recipe), cut short with a note; a warmup
+    that does not end before the decay is refused in one line."""
+    from modgpt import cli
+    from modgpt.config import ConfigError
+    recipe = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train_shakespeare_char.py")
+    args = cli.parse([recipe, "--max_iters=40", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'a'}"])
+    run = loop.setup(args, "torch", False, write=False)
+    t = run.cfg.train
+    assert (t.max_iters, t.warmup_iters, t.lr_decay_iters) == (40, 100, 5000)
+    assert run.schedule == {"max_iters": "command line", "warmup_iters": "config file", "lr_decay_iters": "config file"}
+    assert loop.schedule_line(t, run.schedule).endswith(
+        "; note: the run stops at 1% of its schedule (resume with --max_iters=5000)")
+    with pytest.raises(ConfigError, match=r"^warmup_iters=50 \(command line\) does not end before the learning "
+                                          r"rate's decay does at lr_decay_iters=40 \(follows max_iters\); lower "
+                                          r"--warmup_iters"):
+        loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "b"), max_iters=40, warmup_iters=50), "jax", False)
+    with pytest.raises(ConfigError, match=r"warmup_iters=100 \(default\) does not end before .* "
+                                          r"lr_decay_iters=100 \(command line\)"):
+        loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "b"), size="tiny", lr_decay_iters=100), "jax", True)
+    assert not (tmp_path / "b").exists()
+
+
+def test_resumed_schedule_stays(tmp_path, data_dir):
+    """A resumed run keeps the schedule it started with, even when it is given a longer max_iters."""
+    out = str(tmp_path / "run")
+    run = loop.setup(_Args(data_dir=data_dir, out_dir=out, size="tiny", max_iters=40), "torch", False)
+    run.lock.release()
+    run = loop.setup(_Args(out_dir=out, init_from="resume", max_iters=80), "torch", False, write=False)
+    t = run.cfg.train
+    assert (t.max_iters, t.warmup_iters, t.lr_decay_iters) == (80, 4, 40)
+    assert run.schedule == {"max_iters": "command line", "warmup_iters": "the resumed run",
+                            "lr_decay_iters": "the resumed run"}

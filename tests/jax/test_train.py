@@ -19,7 +19,7 @@ from modgpt import runlog
 N = 3  # interrupt after N iterations, resume to 2N
 # dropout: the resumed run must also redraw the same masks. No warmup and lr 1e-3 so that each step
 # moves the weights enough (~lr) for a lost optimizer moment to show far above the tolerances.
-RUN = ["--eval_interval=3", "--dropout=0.1", "--warmup_iters=0", "--learning_rate=1e-3"]
+RUN = ["--eval_interval=3", "--dropout=0.1", "--warmup_iters=0", f"--lr_decay_iters={2 * N}", "--learning_rate=1e-3"]
 MESH_2x4 = ["--mesh_data=2", "--mesh_fsdp=4"]
 
 

@@ -14,13 +14,12 @@ import time
 
 import numpy as np
 
-from modgpt import cli, io, loop
+from modgpt import cli, initfrom, io, loop
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
 from modgpt import memory as MEM
 from modgpt import hostmem
-from modgpt import weights as W
 
 BACKEND = "jax"
 
@@ -225,13 +224,7 @@ def main(argv=None) -> int:
         if cfg0.train.init_from == "resume" and cfg0.train.out_dir and \
                 os.path.isfile(os.path.join(cfg0.train.out_dir, loop.CONFIG_NAME)):
             loop.check_backend(cfg0.train.out_dir, BACKEND)
-        init_tensors = None
-        if cfg0.train.init_from.endswith(".safetensors"):
-            init_tensors, file_cfg = W.load(cfg0.train.init_from)
-            keep = {k: v for k, v in C.to_flat(file_cfg).items() if C.KEY_SECTION[k] == "model"}
-            if not (set(args.explicit) & set(keep)):  # no size/arch keys given: the file's config
-                args.config = args.config.replace(**keep, size="none")
-                args.explicit = set(args.explicit) | set(keep)
+        source = initfrom.preload(args)  # a weights file fixes the architecture before setup
         # write=False: nothing lands in out_dir until the checkpoint / init weights have loaded
         run = loop.setup(args, BACKEND, has_accelerator=jax.default_backend() != "cpu", is_main=is_main,
                          write=False)
@@ -239,9 +232,6 @@ def main(argv=None) -> int:
             from modgpt_jax import checkpoint as CK
             step = CK.latest_step(run.out_dir)
             loop.check_resume_point(run, step, os.path.join(run.out_dir, CK.CKPT_DIR, str(step)))
-        if init_tensors is not None and file_cfg.model != run.cfg.model:
-            raise loop.SetupError(f"{cfg0.train.init_from} holds {C.arch_name(file_cfg.model)} but the run "
-                                  f"asks for {C.arch_name(run.cfg.model)}")
         cfg = run.cfg
         loop.check_memory(cfg, BACKEND, jax.device_count(), *device_capacity())
         stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
@@ -255,7 +245,7 @@ def main(argv=None) -> int:
             discard_setup(run, is_main)
         return fail(str(e).splitlines()[0])
     try:
-        return train_loop(run, trainer, sampler, init_tensors, is_main, stop)
+        return train_loop(run, trainer, sampler, source and source.tensors, is_main, stop)
     finally:
         if run.lock is not None:
             run.lock.release()

@@ -24,18 +24,15 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from modgpt import io, loop  # noqa: E402
+from modgpt import initfrom, io, loop  # noqa: E402
 from modgpt import config as C  # noqa: E402
 from modgpt import data as D  # noqa: E402
 from modgpt import hardware as HW  # noqa: E402
-from modgpt import weights as W  # noqa: E402
-from modgpt.presets import SIZE_KEYS  # noqa: E402
 from modgpt_torch import checkpoint as CK  # noqa: E402
 from modgpt_torch import parallel as P  # noqa: E402
 from modgpt_torch.components.attention import describe as describe_attention  # noqa: E402
 from modgpt_torch.model import ConfigurableGPT  # noqa: E402
-from modgpt_torch.weights import (load_canonical, nanogpt_model_config,  # noqa: E402
-                                  nanogpt_to_canonical, read_nanogpt)
+from modgpt_torch.weights import load_canonical  # noqa: E402
 
 BACKEND = "torch"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,38 +47,6 @@ def pick_device(cfg: C.Config, d: P.Dist) -> torch.device:
             raise loop.SetupError(f"device={want} but no CUDA device is available; use --device=cpu")
         return torch.device("cuda", d.local_rank)
     return torch.device("cpu")
-
-
-def preload_init_source(args) -> dict | None:
-    """For nanogpt:/safetensors init, fix the architecture before setup; returns what to load."""
-    init = args.config.train.init_from
-    if init.startswith("nanogpt:"):
-        margs, state = read_nanogpt(init[len("nanogpt:"):])
-        flat = nanogpt_model_config(margs)
-        args.config = args.config.replace(**flat)
-        args.explicit |= set(flat)
-        return {"kind": "nanogpt", "state": state}
-    if init.endswith(".safetensors"):
-        tensors, fcfg = W.load(init)
-        if not (args.explicit & set(SIZE_KEYS)):  # the file's config decides the architecture
-            flat = {k: getattr(fcfg.model, k) for k in C.to_flat(fcfg) if C.KEY_SECTION[k] == "model"}
-            args.config = args.config.replace(**flat)
-            args.explicit |= set(flat)
-        elif "vocab_size" not in args.explicit:
-            args.config = args.config.replace(vocab_size=fcfg.model.vocab_size)
-            args.explicit.add("vocab_size")
-        # refuse before setup writes anything into out_dir
-        check_same_arch(args.config.model, fcfg.model, init)
-        return {"kind": "safetensors", "tensors": tensors, "model": fcfg.model}
-    return None
-
-
-def check_same_arch(want: C.ModelConfig, got: C.ModelConfig, source: str) -> None:
-    diff = [k for k in C.to_flat(C.Config(model=want)) if C.KEY_SECTION[k] == "model"
-            and getattr(want, k) != getattr(got, k)]
-    if diff:
-        raise loop.SetupError(f"{source} has {diff[0]}={getattr(got, diff[0])!r} but the run asks for "
-                              f"{getattr(want, diff[0])!r}; drop the conflicting option")
 
 
 def check_launch(mode: str, d: P.Dist) -> None:
@@ -137,7 +102,7 @@ def do_setup(args, d: P.Dist):
         check_launch(args.config.system.parallel, d)
         if init == "resume" and out_dir and os.path.isfile(os.path.join(out_dir, loop.CONFIG_NAME)):
             loop.check_backend(out_dir, BACKEND)
-        src = preload_init_source(args)
+        src = initfrom.preload(args)  # a weights file fixes the architecture before setup
         r = loop.setup(args, BACKEND, has_accelerator=torch.cuda.is_available(), is_main=d.is_main,
                        write=False)
         if r.cfg.train.batch_size % d.world:
@@ -147,8 +112,6 @@ def do_setup(args, d: P.Dist):
         if r.resume:  # a checkpoint past max_iters is refused before anything is loaded or written
             ck = CK.latest(r.out_dir)
             loop.check_resume_point(r, None if ck is None else CK.iter_of(ck), ck)
-        if src is not None and src["kind"] == "safetensors":
-            check_same_arch(r.cfg.model, src["model"], init)
         return r, src
     run, source = guarded(d, resolve)
     if d.enabled and out_dir == "":  # a generated name (it holds the time): take rank 0's everywhere
@@ -175,10 +138,8 @@ def build(run, source, d: P.Dist):
         if saved is not None and C.from_dict(saved).model != cfg.model:
             raise CK.CheckpointError(f"checkpoint '{CK.latest(run.out_dir)}' holds another architecture "
                                      f"than {run.out_dir}/{loop.CONFIG_NAME}")
-    elif source is not None and source["kind"] == "nanogpt":
-        load_canonical(model, nanogpt_to_canonical(source["state"], cfg.model))
     elif source is not None:
-        load_canonical(model, source["tensors"])
+        load_canonical(model, source.tensors)
     return model, ck
 
 

@@ -138,6 +138,19 @@ def build_case(name, backend, tmp_path, data_dir, reference):
         path = damage_checkpoint(backend, out, name.split("_")[0])
         return mod, args + ["--init_from=resume", "--max_iters=10"], env, watch, [
             f"checkpoint '{path}' is unreadable", "delete it to resume from the previous one"]
+    if name.startswith("init_nanogpt"):  # read without torch in both backends (modgpt.torchfile)
+        f = str(tmp_path / "ckpt.pt")
+        if name == "init_nanogpt_unreadable":
+            with open(f, "wb") as fh:
+                fh.write(b"\x00not a checkpoint\n")
+            return mod, args + [f"--init_from=nanogpt:{f}"], env, watch + [f], [
+                f"nanoGPT checkpoint '{f}' is not a torch.save zip file"]
+        return mod, args + [f"--init_from=nanogpt:{f}"], env, watch, [f"nanoGPT checkpoint '{f}' not found"]
+    if name == "init_conflicting_option":
+        cfg = loop.read_saved_config(os.path.join(reference(backend), "config.json"))
+        f = weights_file(str(tmp_path / "w.safetensors"), cfg)
+        return mod, args + [f"--init_from={f}", "--n_layer=3"], env, watch + [f], [
+            f"{f} holds n_layer=2 but the run asks for 3 (--n_layer); drop --n_layer: the file fixes the architecture"]
     if name.startswith("init_"):
         cfg = loop.read_saved_config(os.path.join(reference(backend), "config.json"))
         f = str(tmp_path / "w.safetensors")
@@ -171,7 +184,8 @@ CASES = ["unknown_option", "wrong_type", "wrong_bool", "unknown_component", "unk
          "vocab_mismatch", "too_big_for_memory", "resume_without_run", "resume_other_architecture", "resume_other_backend",
          "resume_past_max_iters", "parallel_without_torchrun", "other_backend_option",
          "corrupt_checkpoint", "partial_checkpoint", "init_missing_tensor", "init_misshaped_tensor",
-         "init_not_safetensors", "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend"]
+         "init_not_safetensors", "init_nanogpt_missing", "init_nanogpt_unreadable", "init_conflicting_option",
+         "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -101,33 +101,55 @@ def read_config_file(path: str) -> dict[str, Any]:
     return out
 
 
-def usage(prog: str, extra_flags: dict[str, str]) -> str:
-    lines = [f"usage: {prog} [CONFIG_FILE] [--preset NAME] [--key=value ...]"]
-    lines.append(f"  --preset: {', '.join(PRESETS)}   --size: auto, none, {', '.join(SIZES)}")
-    for name, helptext in extra_flags.items():
-        lines.append(f"  --{name}: {helptext}")
-    lines.append("options (section: name = default):")
-    for key, sec in C.KEY_SECTION.items():
-        choices = f"  [{' | '.join(C.CHOICES[key])}]" if key in C.CHOICES else ""
-        lines.append(f"  {sec:<7} --{key}={C.KEY_DEFAULT[key]!r}{choices}")
+SECTION_TITLES = {"model": "model (architecture)", "train": "training", "system": "system"}
+
+
+def usage(prog: str, extra_flags: dict[str, str], options: dict[str, str | None] | None = None) -> str:
+    """--help: each option with its default, choices and one-line description (from the schema),
+    grouped by section; options: the only config keys the command takes, each with its own text or
+    None for the schema's (None: every key)."""
+    def row(name: str, text: str) -> str:
+        return f"  {name:<34} {text}" if len(name) <= 34 else f"  {name}\n  {'':<34} {text}"
+    if options is None:
+        lines = [f"usage: {prog} [CONFIG_FILE] [--preset NAME] [--key=value ...]", "",
+                 row("CONFIG_FILE", "a Python file of `option = value` lines (configs/*.py); the command line "
+                                    "overrides it"),
+                 row("--preset=NAME", f"component preset: {', '.join(PRESETS)} (sizes apart: --size)")]
+    else:
+        lines = [f"usage: {prog} [--key=value ...]", ""]
+    if extra_flags:
+        lines.append("command options:")
+        lines += [row(f"--{name}", text) for name, text in extra_flags.items()]
+    for sec, title in SECTION_TITLES.items():
+        keys = [k for k, s in C.KEY_SECTION.items() if s == sec and (options is None or k in options)]
+        if not keys:
+            continue
+        lines.append(f"{title} options:")
+        for key in keys:
+            choices = list(C.CHOICES.get(key, ())) + (list(SIZES) if key == "size" else [])
+            text = (options or {}).get(key) or C.KEY_HELP[key]
+            text += f" [{' | '.join(choices)}]" if choices else ""
+            lines.append(row(f"--{key}={C.KEY_DEFAULT[key]!r}".replace("'", ""), text))
     return "\n".join(lines)
 
 
 def parse(argv: list[str] | None = None, prog: str = "modgpt", extra_flags: dict[str, str] | None = None,
-          allow_positional: bool = False, base: dict[str, Any] | None = None) -> Args:
+          allow_positional: bool = False, base: dict[str, Any] | None = None,
+          options: dict[str, str | None] | None = None) -> Args:
     """Parse argv; on a bad value print one line and exit 2. extra_flags: name -> help for non-config flags.
 
-    Extra flags take `--name=value`, `--name value` or bare `--name` (True).
+    Extra flags take `--name=value`, `--name value` or bare `--name` (True). options: the config keys
+    the command uses (None: every key, a config file and --preset); any other is refused.
     """
     extra_flags = extra_flags or {}
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _parse(argv, prog, extra_flags, allow_positional, base or {})
+        return _parse(argv, prog, extra_flags, allow_positional, base or {}, options)
     except C.ConfigError as e:
         fail(str(e))
 
 
-def _parse(argv, prog, extra_flags, allow_positional, base) -> Args:
+def _parse(argv, prog, extra_flags, allow_positional, base, options=None) -> Args:
     preset = None
     config_file = None
     cmd: dict[str, Any] = {}
@@ -138,10 +160,10 @@ def _parse(argv, prog, extra_flags, allow_positional, base) -> Args:
         a = argv[i]
         i += 1
         if a in ("-h", "--help"):
-            print(usage(prog, extra_flags))
+            print(usage(prog, extra_flags, options))
             raise SystemExit(0)
         if not a.startswith("--"):
-            if a.endswith(".py") and config_file is None:
+            if a.endswith(".py") and config_file is None and options is None:
                 config_file = a
             elif allow_positional:
                 positional.append(a)
@@ -150,6 +172,10 @@ def _parse(argv, prog, extra_flags, allow_positional, base) -> Args:
             continue
         key, eq, value = a[2:].partition("=")
         key = key.replace("-", "_") if key not in C.KEY_SECTION and key.replace("-", "_") in C.KEY_SECTION else key
+        if options is not None and key not in options and key not in extra_flags:
+            valid = [f"--{k}" for k in (*options, *extra_flags)]
+            hint = " (it reads the run's own config)" if key in C.KEY_SECTION or key == "preset" else ""
+            raise C.ConfigError(f"option '--{key}' is not one of {prog}'s{hint}; its options: {', '.join(valid)}")
         if key in extra_flags or key == "preset":
             if not eq:
                 # `--name value` unless the next token is another option; bare `--name` means True

@@ -69,29 +69,34 @@ def check_backend_options(cfg: "Config", backend: str) -> None:
                               f"{instead}")
 
 
+def opt(default: Any, help: str):
+    """A schema field with its one-line --help text (shown by every entry point that takes it)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture: sizes plus one name per component kind."""
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    n_kv_head: int = 0  # key/value heads: 0 = n_head (multi-head), 1 = multi-query, else grouped-query
-    block_size: int = 1024
-    vocab_size: int = 50304
-    normalization: str = "layernorm"
-    norm_eps: float = 1e-5
-    activation: str = "gelu"
-    position_encoding: str = "learned_absolute"
-    rope_theta: float = 10000.0
-    attention_backend: str = "sdpa"
-    qk_norm: bool = False  # normalize q and k per head (over head_dim) with `normalization`
-    norm_position: str = "pre"
-    ffn_type: str = "standard"
-    ffn_hidden: int = 0  # 0 = the rule: 4 x n_embd (standard) or 8/3 x n_embd rounded up (gated)
-    bias: bool = True
-    weight_tying: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
+    n_layer: int = opt(12, "transformer blocks")
+    n_head: int = opt(12, "attention (query) heads; must divide n_embd")
+    n_embd: int = opt(768, "model width (residual stream)")
+    n_kv_head: int = opt(0, "key/value heads: 0 = n_head (multi-head), 1 = multi-query, else grouped-query")
+    block_size: int = opt(1024, "context length in tokens")
+    vocab_size: int = opt(50304, "embedding rows; follows the data's vocabulary (padded to a multiple of 64) unless set")
+    normalization: str = opt("layernorm", "norm layer (layernorm_nobias: no bias, nanoGPT's bias=False)")
+    norm_eps: float = opt(1e-5, "epsilon of every norm")
+    activation: str = opt("gelu", "FFN activation (gelu is exact, erf); the gate of ffn_type=glu")
+    position_encoding: str = opt("learned_absolute", "positions: a learned table, rotary, ALiBi biases or none")
+    rope_theta: float = opt(10000.0, "RoPE base frequency")
+    attention_backend: str = opt("sdpa", "attention kernel: sdpa (fused/flash where available) or manual")
+    qk_norm: bool = opt(False, "normalize q and k per head (over head_dim) with `normalization`")
+    norm_position: str = opt("pre", "norm before each sub-block (pre, plus a final norm) or after it (post)")
+    ffn_type: str = opt("standard", "FFN: standard (4x), swiglu (8/3x, SiLU gate) or glu (gate = activation)")
+    ffn_hidden: int = opt(0, "FFN hidden size; 0 = 4 x n_embd (standard) or 8/3 x n_embd rounded up to 32 (gated)")
+    bias: bool = opt(True, "biases in linear layers")
+    weight_tying: bool = opt(True, "tie the LM head to the token embedding")
+    dropout: float = opt(0.0, "dropout probability (embeddings, attention, residual branches)")
+    init_std: float = opt(0.02, "std of the normal init of weights (residual projections scaled by 1/sqrt(2 n_layer))")
 
     # -- derived fields (computed from the frozen fields; never stored) --
     @property
@@ -138,45 +143,48 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimization, data, evaluation, logging and checkpointing."""
-    batch_size: int = 12
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_iters: int = 100
-    lr_decay_iters: int = 5000
-    max_iters: int = 5000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250  # 0 = no evaluation and no checkpoints (benchmarks); a stop still saves one
-    eval_iters: int = 20
-    log_interval: int = 10
-    seed: int = 1337
-    dtype: str = "float32"
-    compile: bool = False
-    dataset: str = "shakespeare_char"
-    data_dir: str = "data"
-    out_dir: str = ""  # "" = runs/<time>-<backend>-<arch>
-    init_from: str = "scratch"  # scratch | resume | nanogpt:PATH | FILE.safetensors
-    keep_checkpoints: int = 3
-    skip_nonfinite: bool = False  # skip steps with non-finite loss/grads instead of stopping
-    progress: bool = True  # a progress bar on a terminal; plain lines otherwise
-    sample_at_end: bool = True  # print a short seeded sample from the final weights
+    batch_size: int = opt(12, "sequences per micro step, the global batch over all processes and devices")
+    gradient_accumulation_steps: int = opt(1, "micro steps per optimizer step")
+    learning_rate: float = opt(6e-4, "peak learning rate (AdamW)")
+    min_lr: float = opt(6e-5, "learning rate at the end of the cosine decay")
+    warmup_iters: int = opt(100, "linear warmup iterations; unset, at most 10% of max_iters")
+    lr_decay_iters: int = opt(5000, "iteration where the cosine decay reaches min_lr; unset, it follows max_iters")
+    max_iters: int = opt(5000, "optimizer steps of the run")
+    weight_decay: float = opt(0.1, "AdamW decoupled weight decay, on matrices and embeddings only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    adam_eps: float = opt(1e-8, "AdamW epsilon (outside the square root)")
+    grad_clip: float = opt(1.0, "clip gradients to this global norm; 0 disables clipping")
+    eval_interval: int = opt(250, "evaluate and checkpoint every N iterations and at the end; 0 = never "
+                                  "(a stop signal still saves a checkpoint)")
+    eval_iters: int = opt(20, "batches per split in each evaluation")
+    log_interval: int = opt(10, "log (and print) every N iterations")
+    seed: int = opt(1337, "seed of the initial weights, the batches and dropout")
+    dtype: str = opt("float32", "float32, bfloat16 (mixed precision, float32 master weights) or float16 (torch only)")
+    compile: bool = opt(False, "torch.compile the model (torch; JAX always compiles)")
+    dataset: str = opt("shakespeare_char", "prepared dataset name under data_dir (python -m modgpt.prepare)")
+    data_dir: str = opt("data", "directory holding prepared datasets")
+    out_dir: str = opt("", "run directory; empty = runs/<time>-<backend>-<arch>")
+    init_from: str = opt("scratch", "scratch, resume (the run in out_dir), nanogpt:PATH (a nanoGPT ckpt.pt) "
+                                    "or FILE.safetensors (a canonical weights file)")
+    keep_checkpoints: int = opt(3, "newest checkpoints kept")
+    skip_nonfinite: bool = opt(False, "skip steps with a non-finite loss or gradient instead of stopping")
+    progress: bool = opt(True, "a progress bar on a terminal (plain lines with an ETA otherwise)")
+    sample_at_end: bool = opt(True, "print a short seeded sample from the final weights")
 
 
 @dataclass(frozen=True)
 class SystemConfig:
     """Where and how it runs: device, parallelism, memory/compile knobs, hardware peak override."""
-    device: str = "auto"
-    size: str = "auto"  # auto: a CPU-sized model on a machine without an accelerator (see presets)
-    parallel: str = "none"  # torch: none | ddp | zero1 | fsdp (under torchrun)
-    mesh_data: int = -1  # jax mesh axes; -1 = all remaining devices
-    mesh_fsdp: int = 1
-    remat: bool = False  # jax activation checkpointing per block
-    scan_layers: bool = False  # jax nnx.scan over blocks
-    peak_tflops: float = 0.0  # 0 = look the device up in modgpt.hardware
+    device: str = opt("auto", "auto (an accelerator when there is one), cpu, or cuda/gpu")
+    size: str = opt("auto", "a named size (sets n_layer, n_head, n_embd, block_size); auto = a CPU-sized "
+                            "model and budget on a machine without an accelerator; none = the options as given")
+    parallel: str = opt("none", "torch under torchrun: ddp, zero1 (sharded optimizer state) or fsdp")
+    mesh_data: int = opt(-1, "JAX mesh: data-parallel devices; -1 = all remaining")
+    mesh_fsdp: int = opt(1, "JAX mesh: devices that shard parameters and optimizer state (FSDP)")
+    remat: bool = opt(False, "JAX: recompute each block's activations in the backward pass (less memory)")
+    scan_layers: bool = opt(False, "JAX: nnx.scan over the blocks (faster compiles of deep models)")
+    peak_tflops: float = opt(0.0, "peak TFLOP/s per device for MFU; 0 = look the device up")
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "system": SystemConfig}
@@ -205,6 +213,7 @@ class Config:
 KEY_SECTION: dict[str, str] = {}
 KEY_TYPE: dict[str, type] = {}
 KEY_DEFAULT: dict[str, Any] = {}
+KEY_HELP: dict[str, str] = {}
 for _sec, _cls in SECTIONS.items():
     _defaults = _cls()
     for _f in fields(_cls):
@@ -212,6 +221,7 @@ for _sec, _cls in SECTIONS.items():
         KEY_SECTION[_f.name] = _sec
         KEY_TYPE[_f.name] = type(getattr(_defaults, _f.name))
         KEY_DEFAULT[_f.name] = getattr(_defaults, _f.name)
+        KEY_HELP[_f.name] = _f.metadata["help"]
 
 
 def suggest(name: str, options, prefix: str = "") -> str:

@@ -19,9 +19,11 @@ def atomic_path(path: str):
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=d)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
     try:
         yield tmp
+        # mkstemp makes 0600 and some writers (safetensors) recreate the file: give it the mode a plain
+        # open() would, so results are shared as the user's umask says
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,6 +31,20 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(d: str) -> None:

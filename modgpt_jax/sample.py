@@ -7,17 +7,12 @@ each step re-runs the block_size window, which is cheap at the sizes this runs o
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 
-from modgpt import cli, hostmem
+from modgpt import cli, commands, hostmem
 from modgpt import data as D
-
-FLAGS = {"start": "prompt text, or FILE:path (default newline)", "num_samples": "samples (default 3)",
-         "max_new_tokens": "tokens per sample (default 500)", "temperature": "0 = greedy (default 0.8)",
-         "top_k": "keep the k most likely tokens (default 200; 0 = all)", "seed": "sampling seed (default 1337)"}
 
 
 def make_decode_step(model, block_size: int, temperature: float, top_k: int):
@@ -94,45 +89,25 @@ def end_of_run_sample(model, cfg, max_chars: int = 200, temperature: float = 0.8
 
 
 def main(argv=None) -> int:
-    args = cli.parse(argv, prog="python -m modgpt_jax.sample", extra_flags=FLAGS)
+    opt = commands.sample_settings("python -m modgpt_jax.sample", argv)
     hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
-    f = args.flags
-    out_dir = args.config.train.out_dir
-    if not out_dir:
-        cli.fail("give the run to sample from: --out_dir=RUN")
-    try:
-        num = int(f.get("num_samples", 3))
-        max_new = int(f.get("max_new_tokens", 500))
-        temp = float(f.get("temperature", 0.8))
-        top_k = int(f.get("top_k", 200))
-        seed = int(f.get("seed", 1337))
-    except ValueError as e:
-        cli.fail(f"bad sampling option: {e}")
-    start = f.get("start", "\n")
-    start = "\n" if start is True else str(start)
     from modgpt_jax.distributed import pin_platform, platform_error
-    pin_platform(args.config.system.device)
-    if (why := platform_error(args.config.system.device)) is not None:
+    pin_platform(opt.device)
+    if (why := platform_error(opt.device)) is not None:
         cli.fail(why)
-    if start.startswith("FILE:"):
-        try:
-            with open(start[5:]) as fh:
-                start = fh.read()
-        except OSError as e:
-            cli.fail(f"cannot read prompt file '{start[5:]}': {e.strerror}")
     from modgpt_jax.checkpoint import CheckpointError, exit_if_unreadable
     from modgpt_jax.inference import load_model
     try:
-        model, cfg, meta = load_model(out_dir)
+        model, cfg, meta = load_model(opt.out_dir)
         tok = D.get_tokenizer(D.load_meta(D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)))
-        ids = tok.encode(start)
+        ids = tok.encode(opt.start)
     except (CheckpointError, D.DataError) as e:
         if isinstance(e, CheckpointError):
             exit_if_unreadable(e)
         cli.fail(str(e))
     if not ids:
         cli.fail("the prompt encodes to no tokens; give --start=TEXT")
-    toks = generate(model, ids, max_new, num, temp, top_k, seed)
+    toks = generate(model, ids, opt.max_new_tokens, opt.num_samples, opt.temperature, opt.top_k, opt.seed)
     for row in toks:
         print(tok.decode(row))
         print("---------------")

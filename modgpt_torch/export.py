@@ -1,19 +1,16 @@
-"""python -m modgpt_torch.export --out_dir=RUN --to FILE.safetensors: latest checkpoint -> canonical."""
+"""python -m modgpt_torch.export --out_dir=RUN --to FILE.safetensors [--overwrite]: latest checkpoint -> canonical."""
 from __future__ import annotations
 
 import sys
 
-from modgpt import cli
+from modgpt import cli, commands
 from modgpt import weights as W
+
+PROG = "python -m modgpt_torch.export"
 
 
 def main(argv=None) -> int:
-    args = cli.parse(argv, prog="python -m modgpt_torch.export",
-                     extra_flags={"to": "output .safetensors path (canonical format)"})
-    to = args.flags.get("to")
-    out_dir = args.config.train.out_dir
-    if not out_dir or not isinstance(to, str):
-        cli.fail("usage: python -m modgpt_torch.export --out_dir=RUN --to FILE.safetensors")
+    out_dir, to = commands.export_target(PROG, argv)
     from modgpt_torch import checkpoint as CK
     from modgpt_torch.weights import to_canonical
     try:

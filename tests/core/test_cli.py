@@ -91,3 +91,73 @@ def test_repo_config_files_parse():
             continue
         a = cli.parse([str(p)])
         assert a.config.model.n_layer >= 1
+
+
+def test_help_describes_every_option(capsys):
+    """--help gives each option its default and its one-line description from the schema, grouped by
+    section in the schema's order; choices are listed."""
+    from modgpt import config as C
+    with pytest.raises(SystemExit) as e:
+        cli.parse(["--help"], prog="python -m modgpt_jax.train")
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: python -m modgpt_jax.train [CONFIG_FILE]")
+    lines = out.splitlines()
+    titles = [ln for ln in lines if ln.endswith(" options:") and not ln.startswith(" ")]
+    assert titles == ["model (architecture) options:", "training options:", "system options:"]
+    for key, text in C.KEY_HELP.items():
+        assert len(text) > 10, key
+        rows = [i for i, ln in enumerate(lines) if ln.split(maxsplit=1)[:1] == [f"--{key}={C.KEY_DEFAULT[key]}"]]
+        assert len(rows) == 1, key
+        row = " ".join(lines[rows[0]:rows[0] + 2])  # a long option name puts its text on the next line
+        assert text in row, key
+    assert "[layernorm | layernorm_nobias | rmsnorm]" in out and "[auto | none | tiny | cpu | small-char | 124M" in out
+
+
+@pytest.mark.parametrize("module,only,flags", [
+    ("sample", {"out_dir", "device", "seed"}, {"start", "num_samples", "max_new_tokens", "temperature", "top_k"}),
+    ("export", {"out_dir"}, {"to", "overwrite"}),
+])
+def test_sample_and_export_list_only_their_options(module, only, flags, capsys):
+    """sample/export read the run's own config: --help lists only what they take, the same in both
+    backends, and any other option is refused in one line naming theirs."""
+    from modgpt import commands
+    options = getattr(commands, f"{module.upper()}_OPTIONS")
+    extra = getattr(commands, f"{module.upper()}_FLAGS")
+    assert set(options) == only and set(extra) == flags
+    with pytest.raises(SystemExit):
+        cli.parse(["--help"], prog=f"python -m modgpt_jax.{module}", extra_flags=extra, options=options)
+    out = capsys.readouterr().out
+    listed = {ln.split()[0].lstrip("-").split("=")[0] for ln in out.splitlines() if ln.startswith("  --")}
+    assert listed == only | flags
+    with pytest.raises(SystemExit) as e:
+        cli.parse(["--out_dir=r", "--n_layer=3"], prog="x", extra_flags=extra, options=options)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: option '--n_layer' is not one of x's (it reads the run's "
+                                                "own config); its options: --out_dir") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--num_samples=0"], "option '--num_samples' must be an integer >= 1; got '0'"),
+    (["--max_new_tokens=x"], "option '--max_new_tokens' must be an integer >= 0; got 'x'"),
+    (["--temperature=-1"], "option '--temperature' must be a number >= 0; got '-1'"),
+    (["--top_k=2.5"], "option '--top_k' must be an integer >= 0; got '2.5'"),
+    (["--start=FILE:/nonexistent/p.txt"], "option '--start': cannot read prompt file '/nonexistent/p.txt'"),
+    ([], "give the run to sample from: prog --out_dir=RUN"),
+])
+def test_sample_settings_refusals(argv, msg, capsys):
+    """Both backends' sample commands check their options here, before loading anything."""
+    from modgpt import commands
+    with pytest.raises(SystemExit) as e:
+        commands.sample_settings("prog", ([] if not argv else ["--out_dir=r"]) + argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {msg}") and err.count("\n") == 1
+
+
+def test_sample_settings(tmp_path):
+    from modgpt import commands
+    p = tmp_path / "prompt.txt"
+    p.write_text("ROMEO:")
+    s = commands.sample_settings("prog", ["--out_dir=r", f"--start=FILE:{p}", "--top_k=0", "--seed=5",
+                                          "--temperature=0"])
+    assert (s.out_dir, s.start, s.top_k, s.seed, s.temperature, s.num_samples, s.max_new_tokens) == \
+        ("r", "ROMEO:", 0, 5, 0.0, 3, 500)

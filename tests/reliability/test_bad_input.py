@@ -165,6 +165,16 @@ def build_case(name, backend, tmp_path, data_dir, reference):
                 fh.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
             needles = [f"{f}: not a readable safetensors file"]
         return mod, args + [f"--init_from={f}"], env, watch + [f], needles
+    if name == "export_existing_target":  # an export never replaces a file unasked
+        copy_run(backend)
+        f = tmp_path / "w.safetensors"
+        f.write_bytes(b"someone's weights")
+        return "export", args + ["--to", str(f)], env, watch + [str(f)], [
+            f"'{f}' exists; pass --overwrite to replace it, or choose another --to"]
+    if name == "sample_other_option":  # sample reads the run's own config
+        copy_run(backend)
+        return "sample", args + ["--n_layer=3"], env, watch, [
+            f"option '--n_layer' is not one of python -m modgpt_{backend}.sample's (it reads the run's own config)"]
     if name == "sample_without_checkpoint":  # a run killed before its first checkpoint
         os.makedirs(out)
         shutil.copy(os.path.join(reference(backend), "config.json"), out)
@@ -185,7 +195,8 @@ CASES = ["unknown_option", "wrong_type", "wrong_bool", "unknown_component", "unk
          "resume_past_max_iters", "parallel_without_torchrun", "other_backend_option",
          "corrupt_checkpoint", "partial_checkpoint", "init_missing_tensor", "init_misshaped_tensor",
          "init_not_safetensors", "init_nanogpt_missing", "init_nanogpt_unreadable", "init_conflicting_option",
-         "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend"]
+         "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend", "sample_other_option",
+         "export_existing_target"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,0 +1,80 @@
+"""The options of the sample and export commands, checked once here so that both backends take the
+same options, the same way, and list only those in --help."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from modgpt import cli
+
+# The config keys each command reads (with their --help text where it differs from training's);
+# everything else comes from the run's own config.json.
+SAMPLE_OPTIONS = {"out_dir": "the run to sample from (its latest checkpoint)", "device": None,
+                  "seed": "seed of the sampler"}
+EXPORT_OPTIONS = {"out_dir": "the run to export (its latest checkpoint)"}
+SAMPLE_FLAGS = {"start": "prompt text, or FILE:path to read it from a file (default: a newline)",
+                "num_samples": "samples to draw (default 3)",
+                "max_new_tokens": "tokens per sample (default 500)",
+                "temperature": "softmax temperature; 0 = greedy (default 0.8)",
+                "top_k": "sample from the k most likely tokens; 0 = all (default 200)"}
+EXPORT_FLAGS = {"to": "the .safetensors file to write (modgpt's canonical format)",
+                "overwrite": "replace the file if it exists"}
+
+
+@dataclass
+class Sampling:
+    out_dir: str
+    start: str  # the prompt text (a FILE: prompt already read)
+    num_samples: int
+    max_new_tokens: int
+    temperature: float
+    top_k: int  # 0 = no top-k cut
+    seed: int
+    device: str
+
+
+def _number(args, name: str, kind: type, default, least):
+    value = args.flags.get(name, default)
+    try:
+        if value is True:
+            raise ValueError
+        n = kind(value)
+        if n < least:
+            raise ValueError
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        cli.fail(f"option '--{name}' must be {what} >= {least}; got {value!r}")
+    return n
+
+
+def sample_settings(prog: str, argv=None) -> Sampling:
+    """Parse and check a sample command line (one error line and exit 2 on a bad value)."""
+    args = cli.parse(argv, prog=prog, extra_flags=SAMPLE_FLAGS, options=SAMPLE_OPTIONS)
+    out_dir = args.config.train.out_dir
+    if not out_dir:
+        cli.fail(f"give the run to sample from: {prog} --out_dir=RUN")
+    start = args.flags.get("start", "\n")
+    if start is True:
+        cli.fail("option '--start' needs a value: --start=TEXT or --start=FILE:path")
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            cli.fail(f"option '--start': cannot read prompt file '{start[5:]}' ({getattr(e, 'strerror', None) or e})")
+    return Sampling(out_dir, start, _number(args, "num_samples", int, 3, 1), _number(args, "max_new_tokens", int, 500, 0),
+                    _number(args, "temperature", float, 0.8, 0), _number(args, "top_k", int, 200, 0),
+                    args.config.train.seed, args.config.system.device)
+
+
+def export_target(prog: str, argv=None) -> tuple[str, str]:
+    """(out_dir, file to write) of an export command line, checked before anything is read: an
+    existing file is refused unless --overwrite."""
+    args = cli.parse(argv, prog=prog, extra_flags=EXPORT_FLAGS, options=EXPORT_OPTIONS)
+    out_dir, to = args.config.train.out_dir, args.flags.get("to")
+    if not out_dir or to is None or to is True:
+        cli.fail(f"give the run and the file: {prog} --out_dir=RUN --to FILE.safetensors")
+    to = cli.writable_file("to", str(to))
+    if os.path.exists(to) and args.flags.get("overwrite") not in (True, "True", "true", "1"):
+        cli.fail(f"'{to}' exists; pass --overwrite to replace it, or choose another --to")
+    return out_dir, to

@@ -2,7 +2,7 @@
 [--dtype float32|bfloat16] [--seq_len N] [--checks a,b] [--json[=FILE]] [--data_dir DIR]
 
 Loads both backends with the same weights for each configuration, runs the checks and prints one
-table (case, check, max abs diff, relative error, tolerance, pass/fail). Exit status: 0 all passed,
+table (case, check, max abs diff, relative error, tolerance, pass/fail), each case's rows as it ends. Exit status: 0 all passed,
 1 some check failed, 2 bad usage or setup.
 """
 from __future__ import annotations
@@ -111,25 +111,26 @@ def main(argv=None) -> int:
                     cases_done=list(done), wall_time_s=round(time.time() - t0, 1), tolerances=X.TOL,
                     rows=[{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
                            for k, v in r.to_dict().items()} for r in rows])
+    table = X.Table(selected)
+    if args.json != "-":
+        print(table.header(), flush=True)
     for name, cfg in selected.items():
         case = Case(name, cfg, data, args.device)
         new = case.run(checks, args.dtype)
         rows += new
         done.append(name)
         if args.json != "-":
-            # each case's rows as it ends, and the JSON so far (complete: false): a run stopped
-            # part-way (a time limit on a lent GPU) keeps what it measured
-            print(f"[{len(rows)} rows, {time.time() - t0:.0f}s] {name}\n{X.format_table(new)}",
-                  file=sys.stderr, flush=True)
+            # the table once, growing case by case, and the JSON so far (complete: false): a run
+            # stopped part-way (a time limit on a lent GPU) keeps what it measured
+            print(table.rows(new), flush=True)
             if args.json and len(done) < len(selected):
                 write_json(args.json, result())
     res = result()
     if args.json == "-":
         print(json.dumps(res, indent=1))
     else:
-        print(X.format_table(rows))
-        print(f"{len(selected)} configurations, device {args.device}, {args.dtype}, seq_len {args.seq_len}, "
-              f"{res['wall_time_s']:.0f}s")
+        print(f"{X.summary(rows)}; {len(selected)} configurations, device {args.device}, {args.dtype}, "
+              f"seq_len {args.seq_len}, {res['wall_time_s']:.0f}s")
         if args.json:
             write_json(args.json, res)
     return 0 if res["passed"] else 1

@@ -101,17 +101,44 @@ def kl_per_token(logits_p, logits_q) -> float:
     return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
 
 
-def format_table(rows: list[Row]) -> str:
-    head = ["case", "check", "max abs diff", "rel error", "tolerance", "result"]
-    body = [[r.case, r.check, f"{r.max_abs:.3e}", f"{r.rel:.3e}", f"{r.tol:.1e}",
-             ("pass" if r.passed else "FAIL") + (f"  {r.note}" if r.note and not r.passed else "")]
-            for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*b) for b in body]
+HEAD = ["case", "check", "max abs diff", "rel error", "tolerance", "result"]
+
+
+def _cells(r: Row) -> list[str]:
+    return [r.case, r.check, f"{r.max_abs:.3e}", f"{r.rel:.3e}", f"{r.tol:.1e}",
+            ("pass" if r.passed else "FAIL") + (f"  {r.note}" if r.note and not r.passed else "")]
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths)).rstrip()
+
+
+def summary(rows: list[Row]) -> str:
     n_fail = sum(not r.passed for r in rows)
-    lines.append(f"{len(rows) - n_fail} passed, {n_fail} failed")
+    return f"{len(rows) - n_fail} passed, {n_fail} failed"
+
+
+class Table:
+    """The result table printed as it grows: the header once, then each case's rows as they come, in
+    columns sized up front (case names are known; a longer cell just shifts its row)."""
+
+    def __init__(self, case_names, check_width: int = 26):
+        self.widths = [max([len(HEAD[0]), *map(len, case_names)]), check_width, 12, 9, 9, 6]
+
+    def header(self) -> str:
+        return "\n".join([_line(HEAD, self.widths), _line(["-" * w for w in self.widths], self.widths)])
+
+    def rows(self, rows: list[Row]) -> str:
+        return "\n".join(_line(_cells(r), self.widths) for r in rows)
+
+
+def format_table(rows: list[Row]) -> str:
+    """The whole table at once, columns fitted to its rows, with the pass/fail count."""
+    body = [_cells(r) for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(HEAD, *body)]
+    lines = [_line(HEAD, widths), _line(["-" * w for w in widths], widths)]
+    lines += [_line(b, widths) for b in body]
+    lines.append(summary(rows))
     return "\n".join(lines)
 
 

@@ -40,8 +40,11 @@ def test_table_json_and_exit_status(capsys, tmp_path, data_dir, monkeypatch):
     out = tmp_path / "r.json"
     argv = ["--preset", "gpt2", "--checks", "forward,roundtrip", "--data_dir", data_dir]
     assert M.main([*argv, f"--json={out}"]) == 0
-    table = capsys.readouterr().out
+    printed = capsys.readouterr()
+    table = printed.out
     assert "max abs diff" in table and "gpt2" in table and "3 passed, 0 failed" in table
+    both = printed.out + printed.err  # the table once, on stdout: each row appears one time
+    assert both.count("max abs diff") == 1 and both.count("gpt2  ") == 3
     res = json.loads(out.read_text())
     assert res["passed"] and {r["check"] for r in res["rows"]} == {"logits", "loss", "roundtrip"}
     monkeypatch.setitem(X.TOL, "logits", 0.0)  # an impossible tolerance must fail the run
@@ -52,7 +55,7 @@ def test_table_json_and_exit_status(capsys, tmp_path, data_dir, monkeypatch):
 
 def test_json_kept_case_by_case(capsys, tmp_path, data_dir, monkeypatch):
     """A run stopped part-way (a time limit on a lent GPU) leaves the cases it finished: the JSON is
-    rewritten after each case with complete=false, and each case's rows go to stderr as it ends."""
+    rewritten after each case with complete=false, and the table grows on stdout case by case."""
     from parity_tests import checks as CK
     out = tmp_path / "r.json"
     run = CK.Case.run
@@ -68,5 +71,5 @@ def test_json_kept_case_by_case(capsys, tmp_path, data_dir, monkeypatch):
     res = json.loads(out.read_text())
     assert res["complete"] is False and res["cases"] == ["gpt2", "llama"] and res["cases_done"] == ["gpt2"]
     assert res["passed"] and {r["case"] for r in res["rows"]} == {"gpt2"} and len(res["rows"]) == 2
-    err = capsys.readouterr().err
-    assert "] gpt2\n" in err and "max abs diff" in err
+    out = capsys.readouterr().out
+    assert out.count("max abs diff") == 1 and out.count("gpt2  ") == 2 and "llama" not in out

@@ -349,34 +349,59 @@ def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak
                 memory_floor_bytes=MEM.for_run(run.cfg, backend, n_devices).total, pid=os.getpid())
 
 
+def fmt_duration(seconds: float) -> str:
+    """45s, 3m12s, 2h05m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Progress:
-    """Per-iteration output: a tqdm bar on a terminal, plain lines every log_interval otherwise."""
+    """Per-iteration output: a tqdm bar on a terminal; otherwise (a log file, a cluster job) a plain
+    line every log_interval with the iteration, loss, tokens/s and an ETA."""
 
     def __init__(self, cfg: C.Config, start_iter: int, enabled: bool = True):
         self.cfg = cfg
         self.enabled = enabled
         self.bar = None
+        self.first: tuple[float, int] | None = None  # (time, iteration) of the first step seen
         if enabled and cfg.train.progress and sys.stderr.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=cfg.train.max_iters, initial=start_iter, unit="it", dynamic_ncols=True)
+
+    def eta(self, it: int, now: float | None = None) -> float | None:
+        """Seconds left after iteration it, at the pace since the first step seen (evaluations and
+        checkpoints included; the first step's compilation not); None before two steps are seen."""
+        now = time.time() if now is None else now
+        if self.first is None:
+            self.first = (now, it)
+            return None
+        t0, i0 = self.first
+        return (now - t0) / (it - i0) * (self.cfg.train.max_iters - 1 - it) if it > i0 else None
 
     def step(self, it: int, stats: dict) -> None:
         """Called every iteration with at least loss (or None); prints on log intervals."""
         if not self.enabled:
             return
+        eta = self.eta(it)
         if self.bar is not None:
             self.bar.update(1)
             if stats.get("loss") is not None:
                 self.bar.set_postfix_str(self.line(it, stats, short=True), refresh=False)
         elif stats.get("loss") is not None:
-            print(self.line(it, stats), flush=True)
+            print(self.line(it, stats, eta=eta), flush=True)
 
-    def line(self, it: int, s: dict, short: bool = False) -> str:
+    def line(self, it: int, s: dict, short: bool = False, eta: float | None = None) -> str:
         mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-"
-        parts = [f"iter {it}: loss {s['loss']:.4f}", f"lr {s['lr']:.2e}", f"{1000 * s['dt']:.0f}ms/it",
-                 f"{s['tokens_per_sec']:,.0f} tok/s", f"mfu {mfu}"]
+        head = f"iter {it}: loss {s['loss']:.4f}" if short else f"iter {it}/{self.cfg.train.max_iters}: loss {s['loss']:.4f}"
+        parts = [head, f"lr {s['lr']:.2e}", f"{1000 * s['dt']:.0f}ms/it", f"{s['tokens_per_sec']:,.0f} tok/s",
+                 f"mfu {mfu}"]
         if not short:
-            parts += [f"mem {fmt_bytes(s.get('peak_mem_bytes'))}", f"gnorm {s['grad_norm']:.3f}"]
+            parts += [f"mem {fmt_bytes(s.get('peak_mem_bytes'))}", f"gnorm {s['grad_norm']:.3f}",
+                      f"eta {fmt_duration(eta) if eta is not None else '-'}"]
         return ", ".join(parts)
 
     def message(self, text: str) -> None:

@@ -211,3 +211,21 @@ def test_resumed_schedule_stays(tmp_path, data_dir):
     assert (t.max_iters, t.warmup_iters, t.lr_decay_iters) == (80, 4, 40)
     assert run.schedule == {"max_iters": "command line", "warmup_iters": "the resumed run",
                             "lr_decay_iters": "the resumed run"}
+
+
+def test_progress_lines_when_piped(capsys):
+    """Not a terminal (a log file, a cluster job): a line every log_interval with the iteration out of
+    max_iters, loss, tokens/s and an ETA at the pace since the first step."""
+    from modgpt.config import Config
+    cfg = Config().replace(max_iters=101, log_interval=10)
+    prog = loop.Progress(cfg, 0)
+    assert prog.bar is None  # pytest's captured stderr is not a terminal
+    assert prog.eta(0, now=100.0) is None  # the first step: no pace yet
+    assert prog.eta(10, now=105.0) == pytest.approx(45.0)  # 0.5 s/iter, 90 iterations left
+    stats = dict(loss=2.5, lr=1e-3, dt=0.5, tokens_per_sec=12345.0, mfu=None, peak_mem_bytes=None, grad_norm=0.5)
+    prog.step(20, stats)
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("iter 20/101: loss 2.5000, lr 1.00e-03, 500ms/it, 12,345 tok/s, mfu -") and ", eta " in out
+    assert loop.fmt_duration(45) == "45s" and loop.fmt_duration(192) == "3m12s" and loop.fmt_duration(7500) == "2h05m"
+    prog.step(21, {"loss": None})  # iterations between log intervals print nothing
+    assert capsys.readouterr().out == ""

@@ -67,7 +67,7 @@ def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
     outs = finish(procs)
     main_out, other_out = outs[0][0], outs[1][0]
     assert "FSDP: mesh data=1 x fsdp=4 (2 process(es))" in main_out and "cpu x4" in main_out
-    assert "iter 0:" in main_out and "iter 0:" not in other_out  # only process 0 reports
+    assert "iter 0/" in main_out and "iter 0/" not in other_out  # only process 0 reports
     assert "sample (seed 1337" in main_out
 
     # the same config on one process with 4 devices (the in-process Trainer, the same batches)

@@ -33,7 +33,7 @@ def kill_trial(backend, runner, reference, h, tmp_path, kind, k, delay=None):
     out = str(tmp_path / "run")
     if kind == "timer":  # no hook: SIGKILL `delay` seconds after iteration 0 finished
         p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}")
-        p.wait_line(lambda s: s.startswith("iter 0:"))
+        p.wait_line(lambda s: s.startswith("iter 0/"))
         time.sleep(delay)
     else:
         p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", fault=f"{kind}@{k}:pause")

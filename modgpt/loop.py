@@ -465,6 +465,13 @@ def interrupted_message(signame: str, it: int, ckpt: str, backend: str, out_dir:
     return f"stopped by {signame} at iteration {it}; saved {ckpt}; {resume_hint(backend, out_dir)}"
 
 
+def aborted_message(signame: str, it: int, ckpt: str | None, backend: str, out_dir: str) -> str:
+    """A second signal: the run stops where it is; the last complete checkpoint is the one to resume."""
+    since = (f"the last complete checkpoint is {ckpt}" if ckpt else
+             "no checkpoint yet, so a resume starts again from iteration 0")
+    return f"stopped at once by a second {signame} at iteration {it}; {since}; {resume_hint(backend, out_dir)}"
+
+
 def nonfinite_message(it: int, loss, grad_norm, last_good: str | None) -> str:
     good = f"{last_good} (untouched)" if last_good else "none yet"
     return (f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at iteration {it}; last good "

@@ -75,6 +75,15 @@ def save(mgr: ocp.CheckpointManager, it: int, params, opt_state, meta: dict) -> 
     mgr.wait_until_finished()
 
 
+def remove_temps(out_dir: str) -> None:
+    """Remove orbax's temporary directories of an unfinished save (a run stopped at once mid-save)."""
+    import shutil
+    d = os.path.join(out_dir, CKPT_DIR)
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+        if TMP_SUFFIX in name:
+            shutil.rmtree(os.path.join(d, name), ignore_errors=True)
+
+
 def latest_step(out_dir: str) -> int | None:
     d = os.path.join(out_dir, CKPT_DIR)
     if not os.path.isdir(d):

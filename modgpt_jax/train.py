@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
 
@@ -20,6 +19,7 @@ from modgpt import data as D
 from modgpt import hardware as HW
 from modgpt import memory as MEM
 from modgpt import hostmem
+from modgpt.stopflag import StopFlag
 
 BACKEND = "jax"
 
@@ -169,20 +169,6 @@ def peak_memory() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-class StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary."""
-
-    def __init__(self):
-        self.signal = None
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-
 def fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
@@ -234,7 +220,7 @@ def main(argv=None) -> int:
             loop.check_resume_point(run, step, os.path.join(run.out_dir, CK.CKPT_DIR, str(step)))
         cfg = run.cfg
         loop.check_memory(cfg, BACKEND, jax.device_count(), *device_capacity())
-        stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
+        stop = StopFlag(is_main)  # from here a SIGTERM/SIGINT means: stop at the first step boundary
         io.fault("startup", 0)  # test-only hook (a signal while the model is built); no-op otherwise
         sampler = D.BatchSampler(run.data_path, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed,
                                  vocab_size=cfg.model.vocab_size, rank=jax.process_index(),
@@ -348,6 +334,14 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
         return True
 
     it = start
+
+    def on_abort(signame: str) -> str:  # a second signal: drop a save in progress, end the log
+        if is_main:
+            CK.remove_temps(run.out_dir)
+        msg = loop.aborted_message(signame, it, ckpt_path(last_saved), BACKEND, run.out_dir)
+        log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
+        return msg
+    stop.on_abort = on_abort
     plan_unreported = True
     floor = MEM.for_run(cfg, BACKEND, n_dev).total  # the step plan is compared with it
     # One step in flight: step it is dispatched before step it-1's metrics are read, so the device

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from modgpt import initfrom, io, loop  # noqa: E402
+from modgpt.stopflag import StopFlag  # noqa: E402
 from modgpt import config as C  # noqa: E402
 from modgpt import data as D  # noqa: E402
 from modgpt import hardware as HW  # noqa: E402
@@ -143,24 +143,6 @@ def build(run, source, d: P.Dist):
     return model, ck
 
 
-class StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self):
-        self.signal: str | None = None
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._handle)
-
-    @property
-    def set(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum, frame):
-        if self.set and signum == signal.SIGINT:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-
 class Step:
     """A launched optimizer step: its iteration, lr, when its host work began, the tokens seen after
     it, and its loss, gradient norm and finiteness on their way to the host. On a GPU those three are
@@ -238,7 +220,7 @@ def main(argv=None) -> int:
         device = pick_device(args.config, d)
         run, source = do_setup(args, d)
         guarded(d, lambda: loop.check_memory(run.cfg, BACKEND, d.world, *device_capacity(device, d)))
-        stop = StopFlag()  # from here a SIGTERM/SIGINT means: stop at the first step boundary
+        stop = StopFlag(d.is_main)  # from here a SIGTERM/SIGINT means: stop at the first step boundary
         io.fault("startup", 0)  # test-only hook (a signal while the model is built); no-op otherwise
         model, ck = guarded(d, lambda: build(run, source, d))
         guarded(d, lambda: loop.commit(run))  # the run's first write: out_dir, lock, config.json
@@ -358,6 +340,14 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")  # inf: scale clamps to exactly 1
     it = start
     saved_at = start if ck is not None else None  # the iteration of the newest checkpoint on disk
+
+    def on_abort(signame: str) -> str:  # a second signal: drop a save in progress, end the log
+        msg = loop.aborted_message(signame, it, last_ckpt, BACKEND, run.out_dir)
+        if d.is_main:
+            CK.remove_stale_temps(run.out_dir)
+            log.end("interrupted", iter=it, best_val_loss=finite_or_none(best_val), message=msg)
+        return msg
+    stop.on_abort = on_abort
     vote = P.StopVote(d, device)
     last_done = 0.0  # when the previous step's metrics were read
 

@@ -79,3 +79,29 @@ def test_torchrun_ranks_agree_on_stop(runner, h, tmp_path):
     end = h.end_record(out)
     assert end["status"] == "interrupted" and end["iter"] == STOP_AT + 1
     assert h.checkpoint_iters("torch", out)[-1] == STOP_AT + 1
+
+
+def test_second_signal_stops_at_once(backend, runner, reference, h, tmp_path):
+    """Ctrl-C twice while a checkpoint is being written (the test-only hook pauses the save of
+    iteration 2 just before its rename): the first asks for a stop at the next boundary, the second
+    stops at once with one line, no traceback, exit 130, the partial write removed and an `end`
+    record; the resume starts from the last complete checkpoint and matches the uninterrupted run."""
+    import time
+    out = str(tmp_path / "run")
+    p = runner.start(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", fault="ckpt_write@2:pause")
+    p.wait_line(lambda s: s.startswith("[test fault]"))
+    p.p.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # two signals before the handler runs would count as one
+    p.p.send_signal(signal.SIGINT)
+    rc, rest, err = p.finish()
+    assert rc == 130, err[-3000:]
+    ckpt0 = h.checkpoint_path(backend, out, 0)
+    assert err.strip().splitlines() == [
+        f"stopped at once by a second SIGINT at iteration 2; the last complete checkpoint is {ckpt0}; "
+        f"resume with: python -m modgpt_{backend}.train --init_from=resume --out_dir={out}"], err[-3000:]
+    assert h.temp_checkpoints(backend, out) == [] and h.checkpoint_iters(backend, out) == [0]
+    end = h.end_record(out)
+    assert end["status"] == "interrupted" and end["iter"] == 2
+    runner.train(backend, f"--max_iters={MAX_ITERS}", f"--out_dir={out}", "--init_from=resume")
+    assert h.losses(out) == h.losses(reference(backend))
+    h.assert_same_params(h.read_params(backend, out), h.read_params(backend, reference(backend)))

@@ -472,13 +472,14 @@ def summary_tree(cfg: Config, params: int | None = None, flops_per_token: float 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m modgpt.config [CONFIG_FILE] [--preset NAME] [--key=value ...] [--json]"""
-    from modgpt import cli
+    from modgpt import cli, preview
     args = cli.parse(argv, prog="python -m modgpt.config", extra_flags={"json": "print the resolved config as JSON"})
-    cfg = args.config
+    cfg, notes = preview.resolve(args)
     if args.flags.get("json"):
-        print(json.dumps({**cfg.to_dict(), "arch_name": arch_name(cfg.model)}, indent=2))
+        print(json.dumps({**cfg.to_dict(), "arch_name": arch_name(cfg.model), "resolved": notes}, indent=2))
     else:
         print(cli.describe_sources(args))
+        print(preview.describe(notes))
         for sec in SECTIONS:
             print(f"[{sec}]")
             for k, v in dataclasses.asdict(getattr(cfg, sec)).items():

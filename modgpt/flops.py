@@ -120,15 +120,18 @@ def format_count(c: Count) -> str:
 
 def main(argv=None) -> int:
     """python -m modgpt.flops [config arguments] [--seq_len N] [--json]"""
-    from modgpt import cli
+    from modgpt import cli, preview
     from modgpt.config import arch_name
     args = cli.parse(argv, prog="python -m modgpt.flops",
                      extra_flags={"json": "print one JSON object", "seq_len": "sequence length (default block_size)"})
-    c = count(args.config.model, cli.positive_int_flag(args, "seq_len"))
+    seq_len = cli.positive_int_flag(args, "seq_len")
+    cfg, notes = preview.resolve(args)
+    c = count(cfg.model, seq_len)
     if args.flags.get("json"):
-        print(json.dumps({"arch_name": arch_name(args.config.model), **c.to_dict()}, indent=2))
+        print(json.dumps({"arch_name": arch_name(cfg.model), **c.to_dict(), "resolved": notes}, indent=2))
     else:
-        print(f"architecture: {arch_name(args.config.model)}")
+        print(preview.describe(notes))
+        print(f"architecture: {arch_name(cfg.model)}")
         print(format_count(c))
     return 0
 

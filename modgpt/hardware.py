@@ -51,3 +51,24 @@ def mfu(flops_per_token: float, tokens_per_sec: float, peak: float | None, n_dev
     if not peak or tokens_per_sec <= 0:
         return None
     return flops_per_token * tokens_per_sec / (peak * 1e12 * n_devices)
+
+
+def accelerator_visible(device: str = "auto") -> tuple[bool, str]:
+    """(whether a run would find an accelerator, why), without importing a framework: for the commands
+    that resolve size=auto as a run would (modgpt.config, flops, memory). --device decides when set;
+    otherwise an NVIDIA device node (/dev/nvidia0...) or a TPU (/dev/accel0...) not hidden by
+    CUDA_VISIBLE_DEVICES or JAX_PLATFORMS=cpu. The train commands ask their framework instead."""
+    import glob
+    import os
+    if device == "cpu":
+        return False, "--device=cpu"
+    if device in ("cuda", "gpu"):
+        return True, f"--device={device}"
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return False, "JAX_PLATFORMS=cpu"
+    nodes = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/accel[0-9]*")
+    if not nodes:
+        return False, "no accelerator device (/dev/nvidia*, /dev/accel*) on this machine"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1") and not glob.glob("/dev/accel[0-9]*"):
+        return False, "CUDA_VISIBLE_DEVICES hides the GPUs"
+    return True, f"{nodes[0]} found"

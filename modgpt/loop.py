@@ -42,6 +42,13 @@ def padded_vocab(n: int) -> int:
     return n if n <= 256 else 64 * math.ceil(n / 64)
 
 
+def data_vocab(cfg: C.Config, explicit: set[str], resume: bool, data_vocab_size: int) -> C.Config:
+    """The model's vocab_size follows the data's (padded) unless set, resumed or fixed by a weights file."""
+    if "vocab_size" in explicit or resume or cfg.train.init_from.startswith("nanogpt:"):
+        return cfg
+    return cfg.replace(vocab_size=padded_vocab(data_vocab_size))
+
+
 @dataclass
 class Run:
     """What setup() resolved: the final config and where things live."""
@@ -199,8 +206,7 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
     meta = D.load_meta(data_path)
     for split in D.SPLITS:  # a truncated .bin is refused here, before out_dir is touched
         D.open_split(data_path, split, meta)
-    if "vocab_size" not in explicit and not resume and not cfg.train.init_from.startswith("nanogpt:"):
-        cfg = cfg.replace(vocab_size=padded_vocab(meta["vocab_size"]))
+    cfg = data_vocab(cfg, explicit, resume, meta["vocab_size"])
     if meta["vocab_size"] > cfg.model.vocab_size:
         raise D.DataError(f"the data's vocab_size {meta['vocab_size']} ({data_path}/meta.json) exceeds the "
                           f"model's vocab_size {cfg.model.vocab_size}; set --vocab_size={meta['vocab_size']}")

@@ -180,17 +180,17 @@ def report(e: Estimate) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modgpt import cli
+    from modgpt import cli, preview
     args = cli.parse(argv, prog="python -m modgpt.memory",
                      extra_flags={"json": "print JSON", "shards": "FSDP shards of the weights (default 1)"})
-    cfg = args.config
-    if cfg.system.size == "auto":
-        cfg = cfg.replace(size="none")
-    e = estimate(cfg, param_shards=cli.positive_int_flag(args, "shards", 1))
+    shards = cli.positive_int_flag(args, "shards", 1)
+    cfg, notes = preview.resolve(args)
+    e = estimate(cfg, param_shards=shards)
     if args.flags.get("json"):
-        json.dump(e.to_dict(), sys.stdout, indent=1)
+        json.dump({**e.to_dict(), "resolved": notes}, sys.stdout, indent=1)
         print()
     else:
+        print(preview.describe(notes))
         print(report(e))
     return 0
 

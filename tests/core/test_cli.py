@@ -72,12 +72,14 @@ def test_failing_file_message(tmp_path):
 
 
 def test_module_config_prints_summary_and_json():
-    r = run("-m", "modgpt.config", "--preset", "llama")
+    r = run("-m", "modgpt.config", "--preset", "llama", "--size=124M")
     assert r.returncode == 0, r.stderr
     assert "12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm" in r.stdout and "MODEL ARCHITECTURE:" in r.stdout
+    assert "resolved as a training run here would" in r.stdout and "  size:       size=124M" in r.stdout
     r = run("-m", "modgpt.config", "--preset", "llama", "--n_layer=2", "--json")
     d = json.loads(r.stdout)
     assert d["model"]["n_layer"] == 2 and d["arch_name"].startswith("2L-")
+    assert set(d["resolved"]) == {"size", "schedule", "vocab_size"}
 
 
 def test_repo_config_files_parse():
@@ -161,3 +163,26 @@ def test_sample_settings(tmp_path):
                                           "--temperature=0"])
     assert (s.out_dir, s.start, s.top_k, s.seed, s.temperature, s.num_samples, s.max_new_tokens) == \
         ("r", "ROMEO:", 0, 5, 0.0, 3, 500)
+
+
+def test_describing_commands_resolve_as_a_run_would(tmp_path, data_dir, monkeypatch):
+    """config/flops/memory resolve size=auto for this machine and the vocabulary from --dataset and
+    --data_dir, as a training run would, and say how (the CPU run of shakespeare_char: vocab 65 and the
+    CPU size, not the schema's 50304 and 124M)."""
+    from modgpt import preview
+    cpu, notes = preview.resolve(cli.parse(["--preset=gpt2", "--device=cpu", f"--data_dir={data_dir}"]))
+    assert (cpu.model.n_layer, cpu.model.n_embd, cpu.model.vocab_size, cpu.train.max_iters) == (4, 128, 65, 600)
+    assert notes["size"].startswith("no accelerator: chose the 'cpu' size") and notes["size"].endswith("(--device=cpu)")
+    assert notes["vocab_size"] == f"65 (the 65 tokens of {data_dir}/shakespeare_char)"
+    gpu, notes = preview.resolve(cli.parse(["--preset=gpt2", "--device=cuda", "--dataset=shakespeare",
+                                            f"--data_dir={tmp_path}"]))
+    assert (gpu.model.n_layer, gpu.model.n_embd, gpu.model.vocab_size) == (12, 768, 50304)
+    assert notes["vocab_size"].startswith("50304 (GPT-2 BPE's 50257 tokens padded to a multiple of 64; 'shakespeare' "
+                                          "is not in")
+    _, notes = preview.resolve(cli.parse(["--device=cpu", "--dataset=mine", f"--data_dir={tmp_path}", "--max_iters=40"]))
+    assert "dataset 'mine' is not prepared" in notes["vocab_size"] and notes["schedule"].startswith("40 iters (command line)")
+    assert not list(tmp_path.iterdir())  # nothing prepared or written
+    from modgpt import hardware as HW
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert HW.accelerator_visible("auto") == (False, "JAX_PLATFORMS=cpu")
+    assert HW.accelerator_visible("cuda")[0] and not HW.accelerator_visible("cpu")[0]

@@ -55,11 +55,12 @@ def test_options_change_counts_as_they_should():
 
 
 def test_flops_cli_json():
-    r = subprocess.run([sys.executable, "-m", "modgpt.flops", "--preset", "gpt2", "--json"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "modgpt.flops", "--preset", "gpt2", "--size=124M", "--dataset=shakespeare",
+                        "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["params"] == 124_475_904 and d["flops_per_token"] == 854_654_976
+    assert d["resolved"]["vocab_size"].startswith("50304 (GPT-2 BPE's 50257 tokens padded to a multiple of 64")
     assert set(d["breakdown"]) == {"attn_qkv", "attn_scores", "attn_values", "attn_out", "ffn", "lm_head"}
     r = subprocess.run([sys.executable, "-m", "modgpt.flops", "--preset", "gpt2", "--seq_len=0"],
                        capture_output=True, text=True, timeout=60)

@@ -95,14 +95,16 @@ def test_sharding_and_accumulation():
 
 def test_cli_json_and_report():
     out = subprocess.run([sys.executable, "-m", "modgpt.memory", "--preset", "gpt2", "--size=124M",
-                          "--batch_size=16", "--dtype=bfloat16", "--json"], capture_output=True, text=True)
+                          "--dataset=shakespeare", "--batch_size=16", "--dtype=bfloat16", "--json"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
     assert d["params"] == 4 * 124_475_904 and d["tokens"] == 16 * 1024
     assert d["head"]["logits_and_grad"] == 16 * 1024 * 2 * 4 * 50304
     text = subprocess.run([sys.executable, "-m", "modgpt.memory", "--preset", "llama", "--size=tiny"],
                           capture_output=True, text=True).stdout
-    assert text.startswith("memory floor of one training step, per device") and "ffn_hidden" in text
+    assert text.startswith("resolved as a training run here would") and "ffn_hidden" in text
+    assert "\nmemory floor of one training step, per device" in text
 
 
 @pytest.mark.parametrize("argv,option", [(["--shards=0"], "--shards"), (["--dtype=float64"], "dtype")])

@@ -23,32 +23,39 @@ def dataset_dir(data_dir: str, dataset: str) -> str:
     return os.path.join(data_dir, dataset)
 
 
+def prepare_command(path_dir: str) -> str:
+    """The command that (re)writes the dataset in path_dir: a whole command line, whatever command
+    reports the problem (train, sample, prepare)."""
+    name, data_dir = os.path.basename(path_dir), os.path.dirname(path_dir) or "."
+    if name in ("shakespeare_char", "shakespeare"):
+        return f"python -m modgpt.prepare {name} --data_dir {data_dir}"
+    return f"python -m modgpt.prepare text --input FILE ... --data_dir {data_dir}, then name the result {path_dir}"
+
+
 def load_meta(path_dir: str) -> dict:
     p = os.path.join(path_dir, "meta.json")
     if not os.path.isfile(p):
-        raise DataError(f"no prepared data in '{path_dir}' (meta.json missing); run "
-                        f"`python -m modgpt.prepare {os.path.basename(path_dir)} --data_dir "
-                        f"{os.path.dirname(path_dir) or '.'}`")
+        raise DataError(f"no prepared data in '{path_dir}' (meta.json missing); run `{prepare_command(path_dir)}`")
     try:
         with open(p) as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"'{p}' is not valid JSON ({e}); re-run `python -m modgpt.prepare`") from None
+        raise DataError(f"'{p}' is not valid JSON ({e}); re-run `{prepare_command(path_dir)}`") from None
     for key in ("tokenizer", "vocab_size", "train_tokens", "val_tokens"):
         if key not in meta:
-            raise DataError(f"'{p}' lacks '{key}'; re-run `python -m modgpt.prepare`")
+            raise DataError(f"'{p}' lacks '{key}'; re-run `{prepare_command(path_dir)}`")
     return meta
 
 
 def open_split(path_dir: str, split: str, meta: dict) -> np.memmap:
     p = os.path.join(path_dir, f"{split}.bin")
     if not os.path.isfile(p):
-        raise DataError(f"'{p}' is missing; re-run `python -m modgpt.prepare`")
+        raise DataError(f"'{p}' is missing; re-run `{prepare_command(path_dir)}`")
     want = meta[f"{split}_tokens"]
     size = os.path.getsize(p)
     if size != 2 * want:
         raise DataError(f"'{p}' has {size} bytes but meta.json says {want} uint16 tokens "
-                        f"({2 * want} bytes): truncated or corrupt; re-run `python -m modgpt.prepare`")
+                        f"({2 * want} bytes): truncated or corrupt; re-run `{prepare_command(path_dir)}`")
     return np.memmap(p, dtype=np.uint16, mode="r")
 
 

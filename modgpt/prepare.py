@@ -41,8 +41,11 @@ def fetch_tinyshakespeare(cache_dir: str) -> str:
         with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as r:
             data = r.read()
     except Exception as e:
-        raise DataError(f"could not download Tiny Shakespeare ({type(e).__name__}: {e}); offline, pass "
-                        f"--input /path/to/input.txt or set {TINYSHAKESPEARE_ENV}=/path/to/input.txt") from None
+        # the advice names whole commands: this runs under `modgpt.prepare` and under the train commands
+        dataset, data_dir = os.path.basename(cache_dir), os.path.dirname(cache_dir) or "."
+        raise DataError(f"could not download Tiny Shakespeare ({type(e).__name__}: {e}); offline, copy its input.txt "
+                        f"onto this machine, then set {TINYSHAKESPEARE_ENV}=/path/to/input.txt, or run `python -m modgpt.prepare "
+                        f"{dataset} --input /path/to/input.txt --data_dir {data_dir}`") from None
     from modgpt.io import write_bytes
     write_bytes(path, data)
     return path

@@ -46,20 +46,6 @@ def test_prepare_cli_and_offline_errors(tmp_path, shakespeare_path):
     assert r.returncode == 2 and "valid: shakespeare_char, shakespeare, text" in r.stderr
 
 
-def test_offline_download_failure_says_what_to_do(tmp_path, monkeypatch):
-    import urllib.request
-
-    from modgpt import prepare as P
-    monkeypatch.delenv("MODGPT_TINYSHAKESPEARE", raising=False)
-
-    def offline(*a, **k):
-        raise OSError("network is unreachable")
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(D.DataError, match="offline, pass --input /path/to/input.txt or set MODGPT_TINYSHAKESPEARE"):
-        P.prepare("shakespeare_char", data_dir=str(tmp_path))
-    assert not os.path.exists(tmp_path / "shakespeare_char" / "meta.json")
-
-
 def test_sampler_is_deterministic_and_slices_by_rank(char_data):
     a = D.BatchSampler(char_data, block_size=32, batch_size=8, seed=7)
     x1, y1 = a.get("train", 5)
@@ -229,3 +215,24 @@ def test_progress_lines_when_piped(capsys):
     assert loop.fmt_duration(45) == "45s" and loop.fmt_duration(192) == "3m12s" and loop.fmt_duration(7500) == "2h05m"
     prog.step(21, {"loss": None})  # iterations between log intervals print nothing
     assert capsys.readouterr().out == ""
+
+
+def test_offline_advice_names_whole_commands(tmp_path, monkeypatch):
+    """Offline, preparing Tiny Shakespeare (from prepare or on a train command's first run) says what
+    to do with options that exist: the environment variable, or the whole prepare command."""
+    import urllib.error
+
+    from modgpt import prepare as P
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+    monkeypatch.delenv(P.TINYSHAKESPEARE_ENV, raising=False)
+    monkeypatch.setattr(P.urllib.request, "urlopen", offline)
+    data = tmp_path / "data"
+    with pytest.raises(D.DataError) as e:
+        loop.ensure_data(_Args(data_dir=data).config, verbose=False)
+    msg = str(e.value)
+    assert msg.startswith("could not download Tiny Shakespeare (URLError: <urlopen error no network>); offline, ")
+    assert f"set {P.TINYSHAKESPEARE_ENV}=/path/to/input.txt" in msg
+    assert f"run `python -m modgpt.prepare shakespeare_char --input /path/to/input.txt --data_dir {data}`" in msg
+    assert "pass --input" not in msg and not (data / "shakespeare_char" / "meta.json").exists()

@@ -94,7 +94,8 @@ def build_case(name, backend, tmp_path, data_dir, reference):
         sc = os.path.join(d, "shakespeare_char")
         if name == "truncated_train_bin":
             os.truncate(os.path.join(sc, "train.bin"), os.path.getsize(os.path.join(sc, "train.bin")) - 7)
-            needles = [f"'{sc}/train.bin' has", "truncated or corrupt", "modgpt.prepare"]
+            needles = [f"'{sc}/train.bin' has", "truncated or corrupt",
+                       f"re-run `python -m modgpt.prepare shakespeare_char --data_dir {d}`"]
         else:
             with open(os.path.join(sc, "meta.json"), "w") as f:
                 f.write('{"tokenizer": "char", "vocab_')

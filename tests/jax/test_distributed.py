@@ -70,8 +70,8 @@ def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
     assert "iter 0/" in main_out and "iter 0/" not in other_out  # only process 0 reports
     assert "sample (seed 1337" in main_out
 
-    # the same config on one process with 4 devices (the in-process Trainer, the same batches)
-    _, ref, _ = train_steps({}, 1, 4, STEPS)
+    # the same config on one process with 4 devices (the in-process Trainer, the same batches and schedule)
+    _, ref, _ = train_steps({"lr_decay_iters": STEPS}, 1, 4, STEPS)  # unset, the decay follows max_iters
     got = iter_losses(out)
     assert sorted(got) == list(range(STEPS))
     # Tolerance: relative 1e-5, reduction order across devices (see tests/jax/test_sharding.py)

@@ -15,7 +15,8 @@ from modgpt import runlog
 
 pytestmark = pytest.mark.distributed
 ARGS = ["--size=tiny", "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_interval=2",
-        "--eval_iters=1", "--log_interval=1", "--learning_rate=3e-3", "--warmup_iters=1"]
+        "--eval_iters=1", "--log_interval=1", "--learning_rate=3e-3", "--warmup_iters=1",
+        "--lr_decay_iters=3"]  # one schedule for 3 iterations, also when a run is done in two parts
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

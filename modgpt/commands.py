@@ -1,11 +1,15 @@
-"""The options of the sample and export commands, checked once here so that both backends take the
-same options, the same way, and list only those in --help."""
+"""The core's commands, apart from the library modules they are named after (`python -m modgpt.config`,
+`modgpt.flops`, `modgpt.memory` run the mains here), and the options of the backends' sample and
+export commands, checked once here so that both backends take the same options the same way."""
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 
-from modgpt import cli
+from modgpt import cli, preview
+from modgpt import config as C
 
 # The config keys each command reads (with their --help text where it differs from training's);
 # everything else comes from the run's own config.json.
@@ -78,3 +82,57 @@ def export_target(prog: str, argv=None) -> tuple[str, str]:
     if os.path.exists(to) and args.flags.get("overwrite") not in (True, "True", "true", "1"):
         cli.fail(f"'{to}' exists; pass --overwrite to replace it, or choose another --to")
     return out_dir, to
+
+
+def config_main(argv: list[str] | None = None) -> int:
+    """python -m modgpt.config [CONFIG_FILE] [--preset NAME] [--key=value ...] [--json]"""
+    import dataclasses
+
+    from modgpt.report import summary_tree
+    args = cli.parse(argv, prog="python -m modgpt.config", extra_flags={"json": "print the resolved config as JSON"})
+    cfg, notes = preview.resolve(args)
+    if args.flags.get("json"):
+        print(json.dumps({**cfg.to_dict(), "arch_name": C.arch_name(cfg.model), "resolved": notes}, indent=2))
+        return 0
+    print(cli.describe_sources(args))
+    print(preview.describe(notes))
+    for sec in C.SECTIONS:
+        print(f"[{sec}]")
+        for k, v in dataclasses.asdict(getattr(cfg, sec)).items():
+            print(f"  {k:<28}= {v!r}")
+    print(summary_tree(cfg))
+    return 0
+
+
+def flops_main(argv=None) -> int:
+    """python -m modgpt.flops [config arguments] [--seq_len N] [--json]"""
+    from modgpt.flops import count, format_count
+    args = cli.parse(argv, prog="python -m modgpt.flops",
+                     extra_flags={"json": "print one JSON object", "seq_len": "sequence length (default block_size)"})
+    seq_len = cli.positive_int_flag(args, "seq_len")
+    cfg, notes = preview.resolve(args)
+    c = count(cfg.model, seq_len)
+    if args.flags.get("json"):
+        print(json.dumps({"arch_name": C.arch_name(cfg.model), **c.to_dict(), "resolved": notes}, indent=2))
+    else:
+        print(preview.describe(notes))
+        print(f"architecture: {C.arch_name(cfg.model)}")
+        print(format_count(c))
+    return 0
+
+
+def memory_main(argv: list[str] | None = None) -> int:
+    """python -m modgpt.memory [config arguments] [--shards N] [--json]"""
+    from modgpt.memory import estimate, report
+    args = cli.parse(argv, prog="python -m modgpt.memory",
+                     extra_flags={"json": "print JSON", "shards": "FSDP shards of the weights (default 1)"})
+    shards = cli.positive_int_flag(args, "shards", 1)
+    cfg, notes = preview.resolve(args)
+    e = estimate(cfg, param_shards=shards)
+    if args.flags.get("json"):
+        json.dump({**e.to_dict(), "resolved": notes}, sys.stdout, indent=1)
+        print()
+    else:
+        print(preview.describe(notes))
+        print(report(e))
+    return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from modgpt import config as C
 from modgpt import runlog
+from modgpt.presets import CHANGES
 from modgpt.io import write_bytes, write_text
 
 WARMUP_NOTE = ("tokens/s and MFU: median of the iter records of each run, leaving out the first 10% "
@@ -309,7 +310,6 @@ def _train_diff(a: dict, b: dict) -> list[str]:
 
 def _named_change(keys: list[str]) -> bool:
     """Several options that one named change sets together (swiglu = ffn_type + activation)."""
-    from modgpt.sweep import CHANGES  # lazy: sweep imports this module
     return any(set(ch) == set(keys) for ch in CHANGES.values())
 
 

@@ -428,65 +428,6 @@ def arch_name(m: ModelConfig) -> str:
     return "-".join(parts)
 
 
-def summary_tree(cfg: Config, params: int | None = None, flops_per_token: float | None = None) -> str:
-    """The startup architecture summary both backends print."""
-    m = cfg.model
-    if params is None or flops_per_token is None:
-        from modgpt.flops import count  # local: flops imports config
-        c = count(m)
-        params, flops_per_token = c.params, c.flops_per_token
-    act = (f"{m.ffn_type} ({_ACT.get(m.ffn_activation, m.ffn_activation)} gate)" if m.gated else m.activation)
-    pos = m.position_encoding + {"rope": f" (theta={m.rope_theta})",
-                                 "alibi": " (additive bias, slopes 2^(-8i/n_head))"}.get(m.position_encoding, "")
-    ratio = m.ffn_hidden_size / m.n_embd
-    rows = [
-        ("Architecture Name", arch_name(m)),
-        ("Parameters", f"{params:,} ({params / 1e6:.2f}M)"),
-        ("FLOPs/token (train)", f"{flops_per_token:,.0f} ({flops_per_token / 1e9:.3f} GFLOP)"),
-    ]
-    tree = [
-        ("Normalization", m.normalization + (f" (eps={m.norm_eps:g})")),
-        ("Activation", act),
-        ("Position Encoding", pos),
-        ("Attention Backend", m.attention_backend),
-    ]
-    if attention_label(m):
-        tree.append(("Attention Heads", f"{m.n_head} query / {m.kv_heads} key-value ({attention_label(m)}, "
-                                        f"{m.n_head // m.kv_heads} query heads per kv head)"))
-    if m.qk_norm:
-        tree.append(("QK Norm", f"{m.normalization} per head over head_dim {m.head_dim}"))
-    tree += [
-        ("Norm Position", m.norm_position),
-        ("FFN Type", f"{m.ffn_type} ({ratio:.2f}x expansion, hidden {m.ffn_hidden_size})"),
-        ("Bias", "Yes" if m.bias else "No"),
-        ("Weight Tying", "Yes" if m.weight_tying else "No"),
-        ("Dropout", f"{m.dropout:.3f}"),
-    ]
-    lines = ["MODEL ARCHITECTURE:"]
-    lines += [f"  {k + ':':<23}{v}" for k, v in rows]
-    for i, (k, v) in enumerate(tree):
-        branch = "'-" if i == len(tree) - 1 else "|-"
-        lines.append(f"  {branch} {k + ':':<20}{v}")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m modgpt.config [CONFIG_FILE] [--preset NAME] [--key=value ...] [--json]"""
-    from modgpt import cli, preview
-    args = cli.parse(argv, prog="python -m modgpt.config", extra_flags={"json": "print the resolved config as JSON"})
-    cfg, notes = preview.resolve(args)
-    if args.flags.get("json"):
-        print(json.dumps({**cfg.to_dict(), "arch_name": arch_name(cfg.model), "resolved": notes}, indent=2))
-    else:
-        print(cli.describe_sources(args))
-        print(preview.describe(notes))
-        for sec in SECTIONS:
-            print(f"[{sec}]")
-            for k, v in dataclasses.asdict(getattr(cfg, sec)).items():
-                print(f"  {k:<28}= {v!r}")
-        print(summary_tree(cfg))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from modgpt.commands import config_main
+    raise SystemExit(config_main())

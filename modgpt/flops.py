@@ -16,7 +16,6 @@ estimated and reported separately, never added to the MFU numerator.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict, dataclass
 
 from modgpt.config import ModelConfig
@@ -118,23 +117,6 @@ def format_count(c: Count) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    """python -m modgpt.flops [config arguments] [--seq_len N] [--json]"""
-    from modgpt import cli, preview
-    from modgpt.config import arch_name
-    args = cli.parse(argv, prog="python -m modgpt.flops",
-                     extra_flags={"json": "print one JSON object", "seq_len": "sequence length (default block_size)"})
-    seq_len = cli.positive_int_flag(args, "seq_len")
-    cfg, notes = preview.resolve(args)
-    c = count(cfg.model, seq_len)
-    if args.flags.get("json"):
-        print(json.dumps({"arch_name": arch_name(cfg.model), **c.to_dict(), "resolved": notes}, indent=2))
-    else:
-        print(preview.describe(notes))
-        print(f"architecture: {arch_name(cfg.model)}")
-        print(format_count(c))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from modgpt.commands import flops_main
+    raise SystemExit(flops_main())

@@ -1,12 +1,11 @@
-"""Framework-free pieces of the training loop both backends share: lr schedule, run setup, the
-startup report, progress output and the run log. Keeping them here keeps the backends' reports,
-defaults and logs identical.
+"""Framework-free pieces of the training loop both backends share: the lr schedule, run setup and its
+checks, when to evaluate and log, and the run log (what a run prints: modgpt.report). Keeping them
+here keeps the backends' defaults, refusals and logs identical.
 """
 from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -16,9 +15,10 @@ from modgpt import flops as F
 from modgpt import hardware as HW
 from modgpt import io
 from modgpt import memory as MEM
-from modgpt.memory import fmt_bytes  # noqa: F401 - used here and by the entry points as loop.fmt_bytes
+from modgpt.memory import fmt_bytes
 from modgpt.io import RunLock, write_json
-from modgpt.presets import SCHEDULE_KEYS, resolve_auto_size, resolve_schedule
+from modgpt.presets import SCHEDULE_KEYS
+from modgpt.resolve import data_vocab, resolve_auto_size, resolve_schedule
 from modgpt.runlog import RunLog
 
 CONFIG_NAME = "config.json"
@@ -35,18 +35,6 @@ def lr_at(it: int, t: C.TrainConfig) -> float:
     ratio = (it - t.warmup_iters) / span
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return t.min_lr + coeff * (t.learning_rate - t.min_lr)
-
-
-def padded_vocab(n: int) -> int:
-    """Data vocab -> model vocab: BPE vocabularies are padded to a multiple of 64 (50257 -> 50304)."""
-    return n if n <= 256 else 64 * math.ceil(n / 64)
-
-
-def data_vocab(cfg: C.Config, explicit: set[str], resume: bool, data_vocab_size: int) -> C.Config:
-    """The model's vocab_size follows the data's (padded) unless set, resumed or fixed by a weights file."""
-    if "vocab_size" in explicit or resume or cfg.train.init_from.startswith("nanogpt:"):
-        return cfg
-    return cfg.replace(vocab_size=padded_vocab(data_vocab_size))
 
 
 @dataclass
@@ -306,135 +294,11 @@ def tokens_per_iter(cfg: C.Config) -> int:
     return t.batch_size * t.gradient_accumulation_steps * cfg.model.block_size
 
 
-def startup_report(run: Run, backend: str, device_name: str, n_devices: int, precision: str,
-                   peak: float | None, parallel_desc: str, extra: dict | None = None) -> str:
-    """The report both backends print before training."""
-    cfg = run.cfg
-    c = F.count(cfg.model)
-    lines = [f"modgpt {backend} backend", C.summary_tree(cfg, c.params, c.flops_per_token)]
-    rows = [
-        ("size", run.size_reason),
-        ("device", f"{device_name} x{n_devices}"),
-        ("precision", precision),
-        ("peak", f"{peak:g} TFLOP/s per device" if peak else "unknown (MFU not reported; set --peak_tflops)"),
-        ("parallel", parallel_desc),
-        ("tokens/iter", f"{tokens_per_iter(cfg):,} (batch {cfg.train.batch_size} x accum "
-                        f"{cfg.train.gradient_accumulation_steps} x block {cfg.model.block_size})"),
-        ("data", f"{run.data_path} ({run.meta['tokenizer']}, vocab {run.meta['vocab_size']}, "
-                 f"{run.meta['train_tokens']:,} train tokens)"),
-        ("schedule", schedule_line(cfg.train, run.schedule or {})),
-        ("memory floor", MEM.summary(MEM.for_run(cfg, backend, n_devices))),
-        ("out_dir", run.out_dir + ("  (resuming)" if run.resume else "")),
-    ]
-    rows += list((extra or {}).items())
-    lines.append("TRAINING:")
-    lines += [f"  {k + ':':<14}{v}" for k, v in rows]
-    return "\n".join(lines)
-
-
-def schedule_line(t: C.TrainConfig, src: dict) -> str:
-    """The report's schedule row: each length with where it came from, and a note when the run stops
-    before its schedule ends (a longer schedule, to be resumed, or a recipe cut short)."""
-    def where(k):
-        return f" ({src[k]})" if src.get(k) else ""
-    line = (f"{t.max_iters} iters{where('max_iters')}; lr {t.learning_rate:g} -> {t.min_lr:g}; warmup "
-            f"{t.warmup_iters}{where('warmup_iters')}; cosine decay to iter {t.lr_decay_iters}{where('lr_decay_iters')}")
-    end = max(t.warmup_iters, t.lr_decay_iters)
-    if t.max_iters < end:
-        line += f"; note: the run stops at {t.max_iters / end:.0%} of its schedule (resume with --max_iters={end})"
-    return line
-
-
-def header_record(run: Run, backend: str, device_name: str, n_devices: int, peak: float | None,
-                  versions: dict, parallel_desc: str) -> dict:
-    c = F.count(run.cfg.model)
-    return dict(backend=backend, config=run.cfg.to_dict(), arch_name=C.arch_name(run.cfg.model),
-                params=c.params, flops_per_token=c.flops_per_token, device=device_name, n_devices=n_devices,
-                peak_tflops=peak, dtype=run.cfg.train.dtype, parallel=parallel_desc,
-                tokens_per_iter=tokens_per_iter(run.cfg), versions=versions, resumed=run.resume,
-                memory_floor_bytes=MEM.for_run(run.cfg, backend, n_devices).total, pid=os.getpid())
-
-
-def fmt_duration(seconds: float) -> str:
-    """45s, 3m12s, 2h05m."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-class Progress:
-    """Per-iteration output: a tqdm bar on a terminal; otherwise (a log file, a cluster job) a plain
-    line every log_interval with the iteration, loss, tokens/s and an ETA."""
-
-    def __init__(self, cfg: C.Config, start_iter: int, enabled: bool = True):
-        self.cfg = cfg
-        self.enabled = enabled
-        self.bar = None
-        self.first: tuple[float, int] | None = None  # (time, iteration) of the first step seen
-        if enabled and cfg.train.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=cfg.train.max_iters, initial=start_iter, unit="it", dynamic_ncols=True)
-
-    def eta(self, it: int, now: float | None = None) -> float | None:
-        """Seconds left after iteration it, at the pace since the first step seen (evaluations and
-        checkpoints included; the first step's compilation not); None before two steps are seen."""
-        now = time.time() if now is None else now
-        if self.first is None:
-            self.first = (now, it)
-            return None
-        t0, i0 = self.first
-        return (now - t0) / (it - i0) * (self.cfg.train.max_iters - 1 - it) if it > i0 else None
-
-    def step(self, it: int, stats: dict) -> None:
-        """Called every iteration with at least loss (or None); prints on log intervals."""
-        if not self.enabled:
-            return
-        eta = self.eta(it)
-        if self.bar is not None:
-            self.bar.update(1)
-            if stats.get("loss") is not None:
-                self.bar.set_postfix_str(self.line(it, stats, short=True), refresh=False)
-        elif stats.get("loss") is not None:
-            print(self.line(it, stats, eta=eta), flush=True)
-
-    def line(self, it: int, s: dict, short: bool = False, eta: float | None = None) -> str:
-        mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "-"
-        head = f"iter {it}: loss {s['loss']:.4f}" if short else f"iter {it}/{self.cfg.train.max_iters}: loss {s['loss']:.4f}"
-        parts = [head, f"lr {s['lr']:.2e}", f"{1000 * s['dt']:.0f}ms/it", f"{s['tokens_per_sec']:,.0f} tok/s",
-                 f"mfu {mfu}"]
-        if not short:
-            parts += [f"mem {fmt_bytes(s.get('peak_mem_bytes'))}", f"gnorm {s['grad_norm']:.3f}",
-                      f"eta {fmt_duration(eta) if eta is not None else '-'}"]
-        return ", ".join(parts)
-
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def eval_due(it: int, cfg: C.Config) -> bool:
     """Evaluate (and checkpoint) at every eval_interval and at the last iteration; never when
     eval_interval is 0."""
     every = cfg.train.eval_interval
     return every > 0 and (it % every == 0 or it == cfg.train.max_iters)
-
-
-def done_message(iters: int, best: float, checkpoint: str | None) -> str:
-    """The line a finished run prints: iterations, best validation loss, where its checkpoint is."""
-    if math.isinf(best) and checkpoint is None:
-        return f"done: {iters} iterations (eval_interval=0: no evaluation, no checkpoint)"
-    return f"done: {iters} iterations, best val loss {best:.4f}; checkpoint {checkpoint or '(none)'}"
 
 
 def log_due(it: int, cfg: C.Config) -> bool:
@@ -455,39 +319,3 @@ def open_log(run: Run, enabled: bool) -> RunLog:
     return RunLog(run.out_dir, enabled=enabled)
 
 
-def resume_hint(backend: str, out_dir: str) -> str:
-    mod = "modgpt_jax" if backend == "jax" else "modgpt_torch"
-    return f"resume with: python -m {mod}.train --init_from=resume --out_dir={out_dir}"
-
-
-# One wording for the messages both backends print when a run stops early (README, errors table).
-
-def no_checkpoint_note(out_dir: str) -> str:
-    return (f"note: '{out_dir}' holds a run that stopped before its first checkpoint; "
-            f"starting it again from iteration 0")
-
-
-def interrupted_message(signame: str, it: int, ckpt: str, backend: str, out_dir: str) -> str:
-    return f"stopped by {signame} at iteration {it}; saved {ckpt}; {resume_hint(backend, out_dir)}"
-
-
-def aborted_message(signame: str, it: int, ckpt: str | None, backend: str, out_dir: str) -> str:
-    """A second signal: the run stops where it is; the last complete checkpoint is the one to resume."""
-    since = (f"the last complete checkpoint is {ckpt}" if ckpt else
-             "no checkpoint yet, so a resume starts again from iteration 0")
-    return f"stopped at once by a second {signame} at iteration {it}; {since}; {resume_hint(backend, out_dir)}"
-
-
-def nonfinite_message(it: int, loss, grad_norm, last_good: str | None) -> str:
-    good = f"{last_good} (untouched)" if last_good else "none yet"
-    return (f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at iteration {it}; last good "
-            f"checkpoint: {good}; lower --learning_rate, or pass --skip_nonfinite=True to skip such steps")
-
-
-def save_failed_message(it: int, err: Exception, last_good: str | None, backend: str, out_dir: str) -> str:
-    """A checkpoint write failed: OSError(ENOSPC) from plain writes, RuntimeError from torch.save's
-    writer, tensorstore errors through orbax; all mean the same to the user."""
-    why = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
-    good = f"{last_good} is intact" if last_good else "there is no earlier checkpoint"
-    return (f"could not write the checkpoint of iteration {it} in '{out_dir}' ({why or type(err).__name__}); "
-            f"{good}; free space, then {resume_hint(backend, out_dir)}")

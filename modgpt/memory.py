@@ -28,8 +28,6 @@ the batch over all data-parallel devices. The figures are bytes.
 """
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict, dataclass
 
 from modgpt.config import Config, ModelConfig
@@ -179,21 +177,6 @@ def report(e: Estimate) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from modgpt import cli, preview
-    args = cli.parse(argv, prog="python -m modgpt.memory",
-                     extra_flags={"json": "print JSON", "shards": "FSDP shards of the weights (default 1)"})
-    shards = cli.positive_int_flag(args, "shards", 1)
-    cfg, notes = preview.resolve(args)
-    e = estimate(cfg, param_shards=shards)
-    if args.flags.get("json"):
-        json.dump({**e.to_dict(), "resolved": notes}, sys.stdout, indent=1)
-        print()
-    else:
-        print(preview.describe(notes))
-        print(report(e))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from modgpt.commands import memory_main
+    raise SystemExit(memory_main())

@@ -9,8 +9,9 @@ import os
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
-from modgpt import loop
-from modgpt.presets import SCHEDULE_KEYS, resolve_auto_size, resolve_schedule
+from modgpt import loop, report
+from modgpt.presets import SCHEDULE_KEYS
+from modgpt.resolve import data_vocab, resolve_auto_size, resolve_schedule
 
 # The vocabulary a not-yet-prepared dataset will have: Tiny Shakespeare's characters and GPT-2's BPE.
 PREPARED_VOCAB = {"shakespeare_char": (65, "Tiny Shakespeare's {} characters"),
@@ -48,7 +49,7 @@ def _resolve(args, initfrom) -> tuple[C.Config, dict[str, str]]:
     origin = {k: args.origin(k) or ("CPU budget" if k in budget else "the resumed run" if resume else "default")
               for k in SCHEDULE_KEYS}
     cfg, schedule = resolve_schedule(cfg, explicit, origin, follow=not resume)
-    notes["schedule"] = loop.schedule_line(cfg.train, schedule)
+    notes["schedule"] = report.schedule_line(cfg.train, schedule)
     cfg, notes["vocab_size"] = _vocab(cfg, explicit, resume)
     return cfg, notes
 
@@ -68,7 +69,7 @@ def _vocab(cfg: C.Config, explicit: set[str], resume: bool) -> tuple[C.Config, s
                          f"{t.data_dir}; a run needs it, and its vocabulary sets vocab_size)")
         n, what = PREPARED_VOCAB[t.dataset]
         what, where = what.format(n), f"; '{t.dataset}' is not in {t.data_dir} yet: the first run prepares it"
-    cfg = loop.data_vocab(cfg, explicit, resume, n)
+    cfg = data_vocab(cfg, explicit, resume, n)
     padded = " padded to a multiple of 64" if cfg.model.vocab_size != n else ""
     return cfg, f"{cfg.model.vocab_size} ({what}{padded}{where})"
 

@@ -25,29 +25,9 @@ from modgpt import cli
 from modgpt import compare as CMP
 from modgpt import config as C
 from modgpt.io import write_json
-from modgpt.presets import PRESETS, SIZE_KEYS
+from modgpt.presets import CHANGES, PRESETS, SIZE_KEYS
 
-# Named changes for variant names like gpt2+rope: each sets the options that make up one component.
-CHANGES: dict[str, dict[str, str]] = {
-    "rope": {"position_encoding": "rope"},
-    "nope": {"position_encoding": "none"},
-    "learned": {"position_encoding": "learned_absolute"},
-    "rmsnorm": {"normalization": "rmsnorm"},
-    "layernorm": {"normalization": "layernorm"},
-    "layernorm_nobias": {"normalization": "layernorm_nobias"},
-    "swiglu": {"ffn_type": "swiglu", "activation": "silu"},
-    "geglu": {"ffn_type": "glu", "activation": "gelu"},
-    "gelu": {"activation": "gelu"},
-    "silu": {"activation": "silu"},
-    "relu": {"activation": "relu"},
-    "postnorm": {"norm_position": "post"},
-    "prenorm": {"norm_position": "pre"},
-    "nobias": {"bias": "False"},
-    "bias": {"bias": "True"},
-    "untied": {"weight_tying": "False"},
-    "tied": {"weight_tying": "True"},
-    "manual_attention": {"attention_backend": "manual"},
-}
+
 SWEEP_FLAGS = ("base", "vary", "variants", "grid", "backend", "runs_dir", "name", "dry_run")
 BOOL_FLAGS = ("grid", "dry_run")
 BACKENDS = ("jax", "torch")

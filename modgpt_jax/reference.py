@@ -72,8 +72,8 @@ def loss(graphdef, p, x, y, key=None, dtype: str = "float32"):
 
 
 def greedy(tr, prompt: np.ndarray, n_new: int) -> np.ndarray:
-    """n_new greedy tokens after prompt (1-D ids) with modgpt_jax.sample.generate (temperature 0)."""
-    from modgpt_jax.sample import generate
+    """n_new greedy tokens after prompt (1-D ids) with modgpt_jax.inference.generate (temperature 0)."""
+    from modgpt_jax.inference import generate
     out = generate(tr.sync_model(), [int(i) for i in prompt], n_new, 1, temperature=0.0, top_k=0)
     return np.asarray(out[0, len(prompt):])
 

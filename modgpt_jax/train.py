@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from modgpt import cli, initfrom, io, loop
+from modgpt import cli, initfrom, io, loop, report
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
@@ -282,7 +282,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     restored = run.resume and CK.latest_step(run.out_dir) is not None
     if run.resume and not restored:
         if is_main:  # killed before its first checkpoint: nothing to restore, nothing lost
-            print(loop.no_checkpoint_note(run.out_dir), flush=True)
+            print(report.no_checkpoint_note(run.out_dir), flush=True)
     elif run.resume:
         try:
             trainer.params, trainer.opt_state, meta = CK.restore(run.out_dir, trainer.params, trainer.opt_state)
@@ -298,15 +298,15 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
         return fail(str(e))
     log = loop.open_log(run, is_main)
     mgr = CK.manager(run.out_dir, keep=t.keep_checkpoints)
-    prog = loop.Progress(cfg, start, enabled=is_main)
+    prog = report.Progress(cfg, start, enabled=is_main)
     attention = describe_attention(cfg.model, t.dtype)
     if is_main:
-        print(loop.startup_report(run, BACKEND, dev.device_kind, n_dev, precision, peak, par,
+        print(report.startup_report(run, BACKEND, dev.device_kind, n_dev, precision, peak, par,
                                   extra={"mesh": dict(trainer.mesh.shape), "attention": attention,
                                          "host malloc": hostmem.keep_freed_blocks()}), flush=True)
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
                     orbax=orbax.checkpoint.__version__)
-    log.header(**loop.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),
+    log.header(**report.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),
                attention=attention, resumed_from=start if restored else None)
     if restored:
         log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
@@ -324,7 +324,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
             CK.save(mgr, it, trainer.params, trainer.opt_state, meta)
         except Exception as e:  # noqa: BLE001 - disk full / I/O error (OSError, or tensorstore's own
             # errors through orbax): orbax leaves only its temp dir; the last complete step stays
-            msg = loop.save_failed_message(it, e, ckpt_path(last_saved), BACKEND, run.out_dir)
+            msg = report.save_failed_message(it, e, ckpt_path(last_saved), BACKEND, run.out_dir)
             log.end("failed", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
             prog.close()
             print(f"error: {msg}", file=sys.stderr, flush=True)
@@ -338,7 +338,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     def on_abort(signame: str) -> str:  # a second signal: drop a save in progress, end the log
         if is_main:
             CK.remove_temps(run.out_dir)
-        msg = loop.aborted_message(signame, it, ckpt_path(last_saved), BACKEND, run.out_dir)
+        msg = report.aborted_message(signame, it, ckpt_path(last_saved), BACKEND, run.out_dir)
         log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
         return msg
     stop.on_abort = on_abort
@@ -369,7 +369,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
                 log.event("skipped_step", iter=p_it, message=f"non-finite loss/grads at iteration {p_it}; "
                                                              f"update skipped")
             else:
-                msg = loop.nonfinite_message(p_it, m["loss"], m["grad_norm"], ckpt_path(last_saved))
+                msg = report.nonfinite_message(p_it, m["loss"], m["grad_norm"], ckpt_path(last_saved))
                 log.end("failed", iter=p_it, best_val_loss=None if math.isinf(best) else best, message=msg)
                 prog.close()
                 print(f"error: {msg}", file=sys.stderr)
@@ -401,7 +401,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
                 return 1
             if last_saved != it and not save(it):
                 return 1
-            msg = loop.interrupted_message(stop.signal or "a signal on another process", it, ckpt_path(it),
+            msg = report.interrupted_message(stop.signal or "a signal on another process", it, ckpt_path(it),
                                            BACKEND, run.out_dir)
             log.end("interrupted", iter=it, best_val_loss=None if math.isinf(best) else best, message=msg)
             prog.close()
@@ -429,9 +429,9 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     log.end("completed", iter=it, best_val_loss=None if math.isinf(best) else best,
             message=f"finished {t.max_iters} iterations")
     if is_main:
-        print(loop.done_message(t.max_iters, best, ckpt_path(last_saved)), flush=True)
+        print(report.done_message(t.max_iters, best, ckpt_path(last_saved)), flush=True)
     if t.max_iters > 0 and t.sample_at_end:
-        from modgpt_jax.sample import end_of_run_sample, host_model
+        from modgpt_jax.inference import end_of_run_sample, host_model
         model = host_model(trainer.graphdef, trainer.params)  # collective: every process gathers
         text = end_of_run_sample(model, cfg) if is_main else None
         if text is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modgpt import cli, loop
+from modgpt import cli, loop, report
 from modgpt import config as C
 from modgpt import data as D
 from modgpt import hardware as HW
@@ -141,7 +141,7 @@ def train(run) -> int:
     peak = HW.peak_tflops(dev_name, "tf32" if cuda and t.dtype == "float32" else t.dtype, cfg.system.peak_tflops)
     log = loop.open_log(run, enabled=True)
     versions = {"torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
-    log.header(**loop.header_record(run, BACKEND, dev_name, 1, peak, versions, "none (eager nanoGPT-style loop)"))
+    log.header(**report.header_record(run, BACKEND, dev_name, 1, peak, versions, "none (eager nanoGPT-style loop)"))
     print(f"nanogpt baseline: {C.arch_name(cfg.model)} on {dev_name}, {t.max_iters} iterations", flush=True)
     accum = t.gradient_accumulation_steps
     done = None  # when the previous step ended: a step's time runs from there, as the train commands'

@@ -23,7 +23,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from modgpt import initfrom, io, loop  # noqa: E402
+from modgpt import initfrom, io, loop, report  # noqa: E402
 from modgpt.stopflag import StopFlag  # noqa: E402
 from modgpt import config as C  # noqa: E402
 from modgpt import data as D  # noqa: E402
@@ -130,7 +130,7 @@ def build(run, source, d: P.Dist):
     ck = None
     if run.resume and CK.latest(run.out_dir) is None:
         if d.is_main:  # killed before its first checkpoint: nothing to restore, nothing lost
-            print(loop.no_checkpoint_note(run.out_dir), flush=True)
+            print(report.no_checkpoint_note(run.out_dir), flush=True)
     elif run.resume:
         ck = CK.load_latest(run.out_dir)
         CK.load_model_state(model, ck["model"], CK.latest(run.out_dir))
@@ -289,14 +289,14 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     peak = HW.peak_tflops(dev_name, peak_dtype, cfg.system.peak_tflops)
     pdesc = P.describe(mode, d)
     log = loop.open_log(run, enabled=d.is_main)
-    progress = loop.Progress(cfg, start, enabled=d.is_main)
+    progress = report.Progress(cfg, start, enabled=d.is_main)
     if d.is_main:
         attention = describe_attention(cfg.model, DTYPES[t.dtype], device)
         extra = {"compile": "torch.compile" if t.compile else "eager", "init": t.init_from,
                  "attention": attention, "host malloc": hostmem.keep_freed_blocks()}
-        print(loop.startup_report(run, BACKEND, dev_name, d.world, precision, peak, pdesc, extra), flush=True)
+        print(report.startup_report(run, BACKEND, dev_name, d.world, precision, peak, pdesc, extra), flush=True)
         versions = {"torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
-        log.header(**loop.header_record(run, BACKEND, dev_name, d.world, peak, versions, pdesc),
+        log.header(**report.header_record(run, BACKEND, dev_name, d.world, peak, versions, pdesc),
                    attention=attention, resumed_from=last_ckpt)
         if ck is not None:
             log.event("resumed", iter=start, message=f"from {last_ckpt}")
@@ -332,7 +332,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
             except Exception as e:  # noqa: BLE001 - ENOSPC arrives as OSError or torch's RuntimeError
                 err = e
         if P.any_flag(d, err is not None, device):  # also the barrier after the save
-            msg = loop.save_failed_message(it, err, last_ckpt, BACKEND, run.out_dir) if err else ""
+            msg = report.save_failed_message(it, err, last_ckpt, BACKEND, run.out_dir) if err else ""
             raise SaveFailed(msg)
 
     params = [p for p in raw.parameters()]
@@ -342,7 +342,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     saved_at = start if ck is not None else None  # the iteration of the newest checkpoint on disk
 
     def on_abort(signame: str) -> str:  # a second signal: drop a save in progress, end the log
-        msg = loop.aborted_message(signame, it, last_ckpt, BACKEND, run.out_dir)
+        msg = report.aborted_message(signame, it, last_ckpt, BACKEND, run.out_dir)
         if d.is_main:
             CK.remove_stale_temps(run.out_dir)
             log.end("interrupted", iter=it, best_val_loss=finite_or_none(best_val), message=msg)
@@ -364,7 +364,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
         last_done = s.done_at
         if not ok:
             if not t.skip_nonfinite:
-                msg = loop.nonfinite_message(s.it, loss_sum, norm, last_ckpt)
+                msg = report.nonfinite_message(s.it, loss_sum, norm, last_ckpt)
                 if d.is_main:
                     log.end("failed", iter=s.it, best_val_loss=finite_or_none(best_val), message=msg)
                     progress.close()
@@ -410,7 +410,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
                     save(it)
                     saved_at = it
                 if d.is_main:
-                    msg = loop.interrupted_message(stop.signal or "a signal on another rank", it, last_ckpt,
+                    msg = report.interrupted_message(stop.signal or "a signal on another rank", it, last_ckpt,
                                                    BACKEND, run.out_dir)
                     log.end("interrupted", iter=it, best_val_loss=finite_or_none(best_val), message=msg)
                     progress.close()
@@ -467,7 +467,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     progress.close()
     if d.is_main:
         log.end("completed", iter=it, best_val_loss=finite_or_none(best_val), message=f"checkpoint {last_ckpt}")
-        print(loop.done_message(it, best_val, last_ckpt), flush=True)
+        print(report.done_message(it, best_val, last_ckpt), flush=True)
     if t.max_iters > 0 and t.sample_at_end:
         from modgpt_torch.sample import end_of_run_sample
         sample_model = P.full_model(raw, mode, d, device)

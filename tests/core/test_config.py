@@ -4,6 +4,7 @@ import json
 import pytest
 
 from modgpt import config as C
+from modgpt.report import summary_tree
 from modgpt.presets import PRESETS, SIZES
 
 
@@ -90,7 +91,7 @@ def test_arch_names():
 
 
 def test_summary_tree_lists_every_component():
-    text = C.summary_tree(C.from_flat(PRESETS["llama"]))
+    text = summary_tree(C.from_flat(PRESETS["llama"]))
     for needle in ("MODEL ARCHITECTURE:", "Architecture Name:     12L-12H-768D-RoPE-RMS-SwiGLU-PreNorm",
                    "|- Normalization:      rmsnorm", "|- Activation:         swiglu (SiLU gate)",
                    "|- Position Encoding:  rope (theta=10000.0)", "|- FFN Type:           swiglu (2.67x",
@@ -153,9 +154,9 @@ def test_arch_names_of_new_options():
 
 
 def test_summary_tree_shows_new_options_only_when_set():
-    plain = C.summary_tree(C.from_flat(PRESETS["llama"]))
+    plain = summary_tree(C.from_flat(PRESETS["llama"]))
     assert "Attention Heads" not in plain and "QK Norm" not in plain
-    text = C.summary_tree(C.from_flat({**PRESETS["llama"], "n_kv_head": 4, "qk_norm": True,
+    text = summary_tree(C.from_flat({**PRESETS["llama"], "n_kv_head": 4, "qk_norm": True,
                                        "position_encoding": "alibi", "ffn_type": "glu", "activation": "relu"}))
     for needle in ("Architecture Name:     12L-12H-768D-ALiBi-RMS-ReGLU-PreNorm-GQA4-QKNorm",
                    "|- Position Encoding:  alibi (additive bias, slopes 2^(-8i/n_head))",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from modgpt import data as D
-from modgpt import loop, runlog
+from modgpt import loop, report, runlog
 from modgpt.prepare import prepare
 
 
@@ -155,7 +155,7 @@ def test_schedule_follows_the_run(tmp_path, data_dir):
     assert run.schedule == {"max_iters": "command line", "warmup_iters": "CPU budget 50, capped at 10% of max_iters",
                             "lr_decay_iters": "follows max_iters"}
     assert loop.lr_at(4, t) == t.learning_rate and loop.lr_at(40, t) == t.min_lr  # reaches its peak, decays
-    line = loop.schedule_line(t, run.schedule)
+    line = report.schedule_line(t, run.schedule)
     assert line.startswith("40 iters (command line); lr 0.002 -> 0.0002; warmup 4 (CPU budget 50, capped")
     assert "cosine decay to iter 40 (follows max_iters)" in line and "note:" not in line
     run = loop.setup(_Args(data_dir=data_dir, out_dir=str(tmp_path / "b"), size="tiny"), "jax", True, write=False)
@@ -175,7 +175,7 @@ def test_explicit_schedule_is_kept(tmp_path, data_dir):
     t = run.cfg.train
     assert (t.max_iters, t.warmup_iters, t.lr_decay_iters) == (40, 100, 5000)
     assert run.schedule == {"max_iters": "command line", "warmup_iters": "config file", "lr_decay_iters": "config file"}
-    assert loop.schedule_line(t, run.schedule).endswith(
+    assert report.schedule_line(t, run.schedule).endswith(
         "; note: the run stops at 1% of its schedule (resume with --max_iters=5000)")
     with pytest.raises(ConfigError, match=r"^warmup_iters=50 \(command line\) does not end before the learning "
                                           r"rate's decay does at lr_decay_iters=40 \(follows max_iters\); lower "
@@ -204,7 +204,7 @@ def test_progress_lines_when_piped(capsys):
     max_iters, loss, tokens/s and an ETA at the pace since the first step."""
     from modgpt.config import Config
     cfg = Config().replace(max_iters=101, log_interval=10)
-    prog = loop.Progress(cfg, 0)
+    prog = report.Progress(cfg, 0)
     assert prog.bar is None  # pytest's captured stderr is not a terminal
     assert prog.eta(0, now=100.0) is None  # the first step: no pace yet
     assert prog.eta(10, now=105.0) == pytest.approx(45.0)  # 0.5 s/iter, 90 iterations left
@@ -212,7 +212,7 @@ def test_progress_lines_when_piped(capsys):
     prog.step(20, stats)
     out = capsys.readouterr().out.strip()
     assert out.startswith("iter 20/101: loss 2.5000, lr 1.00e-03, 500ms/it, 12,345 tok/s, mfu -") and ", eta " in out
-    assert loop.fmt_duration(45) == "45s" and loop.fmt_duration(192) == "3m12s" and loop.fmt_duration(7500) == "2h05m"
+    assert report.fmt_duration(45) == "45s" and report.fmt_duration(192) == "3m12s" and report.fmt_duration(7500) == "2h05m"
     prog.step(21, {"loss": None})  # iterations between log intervals print nothing
     assert capsys.readouterr().out == ""
 

@@ -85,3 +85,59 @@ def test_torch_backend_never_imports_jax():
 def test_jax_backend_never_imports_torch():
     loaded = _imports("\n".join(f"import {m}" for m in ["modgpt_jax"] + _backend_modules("modgpt_jax")))
     assert "jax" in loaded and "torch" not in loaded
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere (function bodies included), read from the
+    source; a module's `if __name__ == "__main__":` block (its command's entry) is left out."""
+    import ast
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2]
+    paths = {}
+    for pkg in ("modgpt", "modgpt_jax", "modgpt_torch", "parity_tests"):
+        for p in (root / pkg).rglob("*.py"):
+            name = ".".join(p.relative_to(root).with_suffix("").parts)
+            paths[name.removesuffix(".__init__")] = p
+
+    def target(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for mod, path in paths.items():
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and getattr(getattr(node.test, "left", None), "id", None) == "__name__" for n in ast.walk(node)}
+        out = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                out |= {target(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out |= {target(f"{node.module}.{a.name}") or target(node.module) for a in node.names}
+        graph[mod] = {t for t in out if t and t != mod}
+    return graph
+
+
+def test_no_import_cycles():
+    """Library modules import downwards only: a command's main lives apart from the library module
+    it is named after (modgpt.commands), so no two project modules import each other, however
+    indirectly."""
+    graph = _import_graph()
+    assert {"modgpt.config", "modgpt.cli", "modgpt_jax.train", "modgpt_jax.inference"} <= set(graph)
+    done, path = set(), []
+
+    def visit(m):
+        if m in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+        if m in done:
+            return
+        path.append(m)
+        for t in sorted(graph[m]):
+            visit(t)
+        path.pop()
+        done.add(m)
+    for m in sorted(graph):
+        visit(m)

@@ -14,7 +14,7 @@ For each linear layer of a GPT block (qkv, attention output, FFN up, FFN down) a
 A second table times JAX's weight gradient written the other ways XLA:CPU could run it, against
 the form the model uses: the check to repeat on a new CPU before changing that form.
 A third table times one layer's attention, whose products are batched matmuls over (batch, head):
-JAX's CPU causal kernel (modgpt_jax.components.attention.cpu_causal, what the model's sdpa backend
+JAX's CPU causal kernel (modgpt_jax.kernels.cpu_attention.cpu_causal, what the model's sdpa backend
 runs on the CPU) against torch's F.scaled_dot_product_attention(is_causal=True) (modgpt_torch's),
 on (tokens / block_size, block_size, n_head, n_embd / n_head) inputs: the forward, and the forward
 with the backward of all of q, k and v. JAX's kernel takes (batch, head)-major copies of q, k and v
@@ -110,8 +110,8 @@ def run_jax(d: int, n: int, calls: int, att: tuple, xla_options: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from modgpt_jax.components.attention import cpu_causal
-    from modgpt_jax.components.layers import matmul, transposes_input
+    from modgpt_jax.kernels.cpu_attention import cpu_causal
+    from modgpt_jax.kernels.cpu_linear import matmul, transposes_input
     barrier = jax.lax.optimization_barrier  # keeps a materialized transpose from being folded back
 
     if xla_options:  # refused options are one line, before anything is timed; later errors are real

@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "parallel": ("none", "ddp", "zero1", "fsdp"),
     "device": ("auto", "cpu", "cuda", "gpu"),
     "size": ("auto", "none"),  # plus the names in presets.SIZES, checked there
+    "kernels": ("auto", "reference"),
 }
 # The registry kinds that both backends implement (a subset of CHOICES).
 COMPONENT_KINDS = ("normalization", "activation", "position_encoding", "attention_backend", "ffn_type")
@@ -185,6 +186,8 @@ class SystemConfig:
     remat: bool = opt(False, "JAX: recompute each block's activations in the backward pass (less memory)")
     scan_layers: bool = opt(False, "JAX: nnx.scan over the blocks (faster compiles of deep models)")
     peak_tflops: float = opt(0.0, "peak TFLOP/s per device for MFU; 0 = look the device up")
+    kernels: str = opt("auto", "auto: the faster kernels measured on this platform (listed in the report); "
+                               "reference: the plain model only")
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "system": SystemConfig}
@@ -336,6 +339,7 @@ def validate(cfg: Config) -> None:
     _choice("dtype", t.dtype)
     _choice("parallel", s.parallel)
     _choice("device", s.device)
+    _choice("kernels", s.kernels)
     from modgpt.presets import SIZES  # local import: presets imports this module
     if s.size not in CHOICES["size"] and s.size not in SIZES:
         valid = list(CHOICES["size"]) + list(SIZES)

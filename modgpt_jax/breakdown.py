@@ -59,6 +59,7 @@ def measure(cfg: C.Config, iters: int = 10, warmup: int = 2) -> dict:
 
     from modgpt_jax import sharding as S
     from modgpt_jax import step as ST
+    from modgpt_jax.model import cross_entropy
     from modgpt_jax.train import Trainer, matmul_precision
 
     trainer = Trainer(cfg)
@@ -77,11 +78,11 @@ def measure(cfg: C.Config, iters: int = 10, warmup: int = 2) -> dict:
 
     def trunk(params, x, ct):
         model = nnx.merge(gd, ST.cast(params, dtype))
-        return jnp.vdot(model.features(x, key).astype(jnp.float32), ct)
+        return jnp.vdot(model.features(x, key=key).astype(jnp.float32), ct)
 
     def head(params, h, y):
         model = nnx.merge(gd, ST.cast(params, dtype))
-        return ST.cross_entropy(model.head(h), y)
+        return cross_entropy(model.head(h), y)
 
     def optimizer(grads, opt_state, params):
         norm = ST.global_norm(grads)

@@ -23,6 +23,7 @@ def load_model(out_dir: str):
     from flax import nnx
 
     from modgpt_jax import checkpoint as CK
+    from modgpt_jax.kernels import apply_kernels
     from modgpt_jax.model import build
     from modgpt_jax.weights import param_dict
     cfg_path = os.path.join(out_dir, loop.CONFIG_NAME)
@@ -38,6 +39,7 @@ def load_model(out_dir: str):
     cfg = loop.read_saved_config(cfg_path).replace(mesh_data=1, mesh_fsdp=1)
     with jax.default_device(jax.local_devices()[0]):
         model = build(cfg)
+    apply_kernels(model, cfg)
     graphdef, params = nnx.split(model)
     params, _, meta = CK.restore(out_dir, param_dict(model), None)
     return nnx.merge(graphdef, params), cfg, meta
@@ -50,7 +52,7 @@ def make_decode_step(model, block_size: int, temperature: float, top_k: int):
 
     @jax.jit
     def step(buf, n, key):
-        logits = model(buf)  # (B, T, V) float32; causal, so positions < n ignore the padding
+        logits, _ = model(buf)  # (B, T, V) float32; causal, so positions < n ignore the padding
         last = jax.lax.dynamic_index_in_dim(logits, n - 1, axis=1, keepdims=False)  # (B, V)
         if temperature <= 0:
             nxt = jnp.argmax(last, -1)

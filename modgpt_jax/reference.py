@@ -55,15 +55,15 @@ def params(tr) -> dict[str, np.ndarray]:
 def forward_grad(graphdef, p, x, y):
     """(logits float32, loss, grads) of the float32 model in eval mode (jit it or run it eagerly)."""
     def f(q):
-        logits = nnx.merge(graphdef, q)(x)
-        return cross_entropy(logits, y), logits
+        logits, loss = nnx.merge(graphdef, q)(x, y)
+        return loss, logits
     (loss, logits), g = jax.value_and_grad(f, has_aux=True)(p)
     return logits, loss, g
 
 
 def forward(graphdef, p, x, key=None, dtype: str = "float32"):
     """float32 logits with params cast to `dtype` for compute; a key means train mode (dropout)."""
-    return nnx.merge(graphdef, cast(p, DTYPES[dtype]))(x, key)
+    return nnx.merge(graphdef, cast(p, DTYPES[dtype]))(x, key=key)[0]
 
 
 def loss(graphdef, p, x, y, key=None, dtype: str = "float32"):

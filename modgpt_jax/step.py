@@ -14,7 +14,6 @@ import optax
 from flax import nnx
 
 from modgpt.config import Config, TrainConfig
-from modgpt_jax.model import cross_entropy
 from modgpt_jax.weights import decay_mask
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -38,7 +37,7 @@ def make_loss_fn(graphdef, dtype=jnp.float32):
     """loss(params, x_BxT, y_BxT, key) -> mean cross-entropy (float32)."""
     def loss_fn(params, x, y, key=None):
         model = nnx.merge(graphdef, cast(params, dtype))
-        return cross_entropy(model(x, key), y)
+        return model(x, y, key=key)[1]
     return loss_fn
 
 

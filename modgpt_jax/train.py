@@ -33,6 +33,7 @@ class Trainer:
 
         from modgpt_jax import sharding as S
         from modgpt_jax import step as ST
+        from modgpt_jax.kernels import apply_kernels
         from modgpt_jax.model import build
         from modgpt_jax.weights import param_dict
         self.cfg = cfg
@@ -42,6 +43,7 @@ class Trainer:
         # this one as well (GPT-2 124M: 475 MiB, 3.7% of its floor at batch 16 x 1024)
         with jax.default_device(host_device()):
             self.model = build(cfg, cfg.train.seed if seed is None else seed)
+        self.kernels = apply_kernels(self.model, cfg)  # --kernels: swapped in once, before anything traces
         self.graphdef, _ = nnx.split(self.model)
         self.param_sh = S.param_shardings(self.model, self.mesh)
         self.repl = S.replicated(self.mesh)
@@ -270,7 +272,7 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     import orbax.checkpoint
     from modgpt_jax import checkpoint as CK
     from modgpt_jax import sharding as S
-    from modgpt_jax.components.attention import describe as describe_attention
+    from modgpt_jax import kernels as K
     from modgpt_jax.distributed import StopVote
     cfg, t = run.cfg, run.cfg.train
     dev = jax.devices()[0]
@@ -299,15 +301,16 @@ def train_loop(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop
     log = loop.open_log(run, is_main)
     mgr = CK.manager(run.out_dir, keep=t.keep_checkpoints)
     prog = report.Progress(cfg, start, enabled=is_main)
-    attention = describe_attention(cfg.model, t.dtype)
+    attention = K.describe_attention(cfg.model, t.dtype, trainer.kernels)
     if is_main:
         print(report.startup_report(run, BACKEND, dev.device_kind, n_dev, precision, peak, par,
-                                  extra={"mesh": dict(trainer.mesh.shape), "attention": attention,
-                                         "host malloc": hostmem.keep_freed_blocks()}), flush=True)
+                                  extra={"mesh": dict(trainer.mesh.shape), "kernels": K.describe(trainer.kernels),
+                                         "attention": attention, "host malloc": hostmem.keep_freed_blocks()}),
+              flush=True)
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
                     orbax=orbax.checkpoint.__version__)
     log.header(**report.header_record(run, BACKEND, dev.device_kind, n_dev, peak, versions, par),
-               attention=attention, resumed_from=start if restored else None)
+               attention=attention, kernels=list(trainer.kernels), resumed_from=start if restored else None)
     if restored:
         log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
     last_saved = start if restored else None

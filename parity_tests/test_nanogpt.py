@@ -102,7 +102,7 @@ def test_both_backends_compute_nanogpts_logits(tmp_path, bias):
         got_torch = tm(x)[0].numpy()
     jm = build(cfg.model, seed=3)
     jax_load(jm, tensors)
-    got_jax = np.asarray(jm(jnp.asarray(x.numpy(), dtype=jnp.int32)))
+    got_jax = np.asarray(jm(jnp.asarray(x.numpy(), dtype=jnp.int32))[0])
     rows = [X.row(f"nanogpt-bias={bias}", f"logits.{b}", got, want, X.TOL["logits"])
             for b, got in (("torch", got_torch), ("jax", got_jax))]
     assert all(r.passed for r in rows), X.format_table(rows)

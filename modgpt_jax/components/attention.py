@@ -1,23 +1,19 @@
 """Causal attention kernels: (q, k, v, bias, mask, dropout) -> y, all (B, T, nh, hd); scale 1/sqrt(hd).
 
-`mask` is an optional boolean (T, S) "may attend" matrix; None means plain causal over T == S.
-The sampler passes one for its fixed-size buffer. Softmax runs in float32.
-k and v may have fewer heads than q (grouped-query attention, n_kv_head dividing nh): query head h
-reads kv head h // (nh / n_kv_head), i.e. consecutive query heads share one kv head (the grouping
-jax.nn.dot_product_attention uses natively).
+`mask` is an optional boolean (T, S) "may attend" matrix; None means plain causal over T == S (the
+sampler passes one for its fixed-size buffer). Softmax runs in float32. k and v may have fewer heads
+than q (grouped-query attention): query head h reads kv head h // (nh / n_kv_head), the grouping
+jax.nn.dot_product_attention uses natively. Faster kernels for one machine live in modgpt_jax/kernels.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
 from modgpt.registry import Registry
-from modgpt_jax.components.backward import fresh
-from modgpt_jax.components.dropout import drop, fusable
-from modgpt_jax.components.positions import POSITIONS
+from modgpt_jax.components.dropout import drop
 
 ATTENTION = Registry("attention_backend")
 
@@ -27,289 +23,17 @@ def causal_mask(T: int, S: int | None = None):
     return jnp.tril(jnp.ones((T, S or T), dtype=bool))
 
 
-def _query_blocks(T: int) -> int:
-    """Query blocks for the causal kernel: 4, 2 or 1, each of at least 32 rows."""
-    return next(c for c in (4, 2, 1) if c == 1 or (T % c == 0 and T // c >= 32))
-
-
-def _tn(a, b):
-    """a^T @ b over the leading dims: a (..., t, S), b (..., t, H) -> (..., S, H).
-
-    Computed as (b^T @ a)^T with the narrow b^T materialized: XLA:CPU's library matmul takes a
-    row-major left operand only; the transposed-left form falls back to a slower generic matmul.
-    The barriers keep XLA from folding the transposes back into the dot."""
-    bt = jax.lax.optimization_barrier(jnp.swapaxes(b, -1, -2))
-    return jnp.swapaxes(jax.lax.optimization_barrier(bt @ a), -1, -2)
-
-
-def _row_stats(s):
-    """(max, log-sum) of each row of the scores s: P = exp((s - max) - log-sum) (below)."""
-    m = jnp.max(s, axis=-1, keepdims=True)
-    return m, jnp.log(jnp.sum(jnp.exp(s - m), axis=-1, keepdims=True))
-
-
-def _from_stats(s, m, ls):
-    return jnp.exp((s - m) - ls)
-
-
-def _probabilities(s):
-    """Softmax over the last dim as exp((s - max) - log(sum)), not exp(s - max) / sum: XLA:CPU fused
-    that division into the backward's use of P and so kept the exponentials as well as P
-    (docs/performance.md, Memory). Within float32 rounding of the division (mean relative error
-    1.5e-7 against 0.9e-7); exp(s - lse) would be coarser (2.6e-7), enough to flip a ReLU kink in
-    the parity suite."""
-    return _from_stats(s, *_row_stats(s))
-
-
-def _window(p, row, T):
-    """(start, full) of the probability block p (B, nh, c, S) whose first row is `row`, within the
-    (B, nh, T, T) mask the manual path draws: both paths drop the same entries."""
-    return (0, 0, row, 0), p.shape[:2] + (T, T)
-
-
-def _dropped_again(p, dpd, key, rate, start=None, full=None):
-    """The backward of drop(P) @ V on P's side: drop(P) for dV, made anew from `fresh(P)` (not merged
-    with the forward's, which is then freed), and dP = drop(dY V^T) (same mask and scale)."""
-    return drop(fresh(p, dpd), key, rate, start, full), drop(dpd, key, rate, start, full)
-
-
-def _scores(qs, k, i: int, c: int, bias=None):
-    """Scaled scores of query block i (rows i*c..(i+1)*c) against keys 0..(i+1)*c, plus that window
-    of the additive bias (T, T) or (nh, T, T) if any, causally masked, float32: (B, nh, c, (i+1)*c)."""
-    S = (i + 1) * c
-    s = jnp.matmul(qs[..., i * c:S, :], jnp.swapaxes(k[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
-    if bias is not None:
-        s = s + bias[..., i * c:S, :S].astype(jnp.float32)
-    return jnp.where(jnp.tril(jnp.ones((c, S), bool), S - c), s, -jnp.inf)
-
-
-def _causal_fwd(q, k, v, bias, n_blocks, rate, keep, key):
-    """q, k, v (B, nh, T, hd); bias None or an additive (T, T) / (nh, T, T) score bias (ALiBi's:
-    a constant, so it gets no gradient). Query block i (rows i*c..(i+1)*c) sees keys 0..(i+1)*c
-    only, so the fully masked blocks above the diagonal are never computed (4 blocks: 5/8 of the
-    T x T work).
-    keep: the backward reads the probabilities kept here; else (the model's choice) only each row's
-    max and log-sum are kept (the floor's attention activations, modgpt.memory) and the backward
-    computes the scores again and P from them with the same formula, the forward's P bit for bit.
-    rate > 0: attention dropout on P with `key`; the backward draws the masks again instead of
-    keeping them (an elementwise hash XLA fuses into the matmul inputs; dropout.keep_mask)."""
-    T = q.shape[-2]
-    c = T // n_blocks
-    qs = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
-    ys, kept = [], []
-    for i in range(n_blocks):
-        S = (i + 1) * c
-        s = _scores(qs, k, i, c, bias)
-        m, ls = _row_stats(s)
-        p = _from_stats(s, m, ls).astype(v.dtype)
-        kept.append(p if keep else (m, ls))
-        pd = drop(p, key, rate, *_window(p, i * c, T)) if rate else p
-        ys.append(pd @ v[..., :S, :])
-    return jnp.concatenate(ys, axis=-2), (qs, k, v, bias, kept, key)
-
-
-def _causal_bwd(n_blocks, rate, keep, res, dy):
-    """The softmax-attention backward, written out: dP = dY V^T, dS = P * (dP - rowsum(P * dP)),
-    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dY. Each query block holds whole rows of
-    P, so rowsum(P * dP) is taken there; flash kernels use the equal rowsum(dY * Y) instead, but
-    reading Y kept the attention output twice for the backward (here and, transposed, for the output
-    projection's weight gradient: 1.5 MiB per layer at the CPU size, docs/performance.md Session 9).
-    With dropout, Y = drop(P) V: dV = drop(P)^T dY and dP = drop(dY V^T) (the same mask and
-    scale), and rowsum(P * dP) is still rowsum(dY * Y)."""
-    qs, k, v, bias, kept, key = res
-    k, v = fresh(k, dy), fresh(v, dy)  # slice k and v anew here, so the forward's slices are freed
-    if not keep:  # q's blocks too (XLA kept a transposed copy of them otherwise)
-        qs = fresh(qs, dy)
-    T = qs.shape[-2]
-    c = T // n_blocks
-    scale = jnp.asarray(1.0 / math.sqrt(qs.shape[-1]), qs.dtype)
-    dq, dk, dv = [], 0, 0
-    for i in range(n_blocks):
-        S = (i + 1) * c
-        dyi = dy[..., i * c:S, :]
-        if keep:
-            p = kept[i]
-        else:  # the statistics anew too: XLA otherwise keeps the forward's row max broadcast to the
-            # whole block (its fusion's output) for this use, a block-sized buffer per layer
-            m, ls = (fresh(a, dyi[..., :1]) for a in kept[i])
-            p = _from_stats(_scores(qs, k, i, c, bias), m, ls).astype(v.dtype)
-        dp = jnp.matmul(dyi, jnp.swapaxes(v[..., :S, :], -1, -2), preferred_element_type=jnp.float32)
-        pd = p
-        if rate:
-            pd, dp = _dropped_again(p, dp, key, rate, *_window(p, i * c, T))
-        pf = p.astype(jnp.float32)
-        delta = jnp.sum(pf * dp, axis=-1, keepdims=True)
-        ds = (pf * (dp - delta)).astype(qs.dtype)  # (B, nh, c, S)
-        dq.append((ds @ k[..., :S, :]) * scale)
-        pad = [(0, 0)] * (qs.ndim - 2) + [(0, T - S), (0, 0)]  # keys past S got nothing from block i
-        dk = dk + jnp.pad(_tn(ds, qs[..., i * c:S, :]), pad)
-        dv = dv + jnp.pad(_tn(pd, dyi), pad)
-    return jnp.concatenate(dq, axis=-2), dk, dv, None, None
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _causal(q, k, v, bias, n_blocks, rate, keep, key):
-    return _causal_fwd(q, k, v, bias, n_blocks, rate, keep, key)[0]
-
-
-_causal.defvjp(_causal_fwd, _causal_bwd)
-
-def causal_attention(q, k, v, n_blocks: int = 1, dropout=None, keep: bool = False, bias=None):
-    """Causal softmax attention on (B, nh, T, hd), T == S, scale 1/sqrt(hd), float32 softmax, with a
-    hand-written backward; n_blocks query blocks (dividing T) skip the masked upper blocks.
-    dropout: an AttentionDropout (rate and key) applied to the probabilities. keep: the backward
-    reads the forward's probabilities rather than computing them again (the same numbers; on the
-    CPU a few percent faster and about 1.3 x the memory floor instead of 1.03-1.08, so not the
-    model's choice: docs/performance.md Session 9). bias: an additive (T, T) or (nh, T, T) score
-    bias without gradient (ALiBi's), or None."""
-    if dropout is None:
-        return _causal(q, k, v, bias, n_blocks, 0.0, keep, None)
-    return _causal(q, k, v, bias, n_blocks, dropout.rate, keep, dropout.key)
-
-
-def cpu_causal(q, k, v, dropout=None, bias=None):
-    """(B, T, nh, hd) wrapper of causal_attention (kv heads repeated for grouped-query); bias (T, T)
-    or (nh, T, T), or None."""
-    if k.shape[2] != q.shape[2]:
-        k, v = (jnp.repeat(t, q.shape[2] // k.shape[2], axis=2) for t in (k, v))
-    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-    return jnp.swapaxes(causal_attention(q, k, v, _query_blocks(q.shape[-2]), dropout, bias=bias), 1, 2)
-
-
-def _platform() -> str:
-    return jax.default_backend()
-
-
-def check_kernel(attend, dtype: str, T: int, nh: int, n_kv: int, hd: int, bias: bool) -> str | None:
-    """Try attend(q, k, v, bias) (B, T, nh, hd) causal, forward and backward, on one sequence of this
-    shape: None when it compiles, runs and agrees with XLA's attention in float32 (relative L2 error of
-    the output and of dq, dk, dv at most 5e-2: XLA's own attention in bfloat16 lands at 2.3e-3, a
-    broken kernel near 1; a guard, not a parity test), else why not. Runs eagerly even while a step is traced."""
-    f32 = jnp.float32
-
-    def xla(q, k, v, b):
-        return jax.nn.dot_product_attention(q, k, v, bias=b, is_causal=True, implementation="xla")
-
-    def value_and_vjp(f):
-        return jax.jit(lambda q, k, v, b: jax.vjp(lambda q, k, v: f(q, k, v, b), q, k, v))
-
-    try:
-        with jax.ensure_compile_time_eval():
-            keys = jax.random.split(jax.random.key(0), 5)
-            q = jax.random.normal(keys[0], (1, T, nh, hd), f32)
-            k, v = (jax.random.normal(kk, (1, T, n_kv, hd), f32) for kk in keys[1:3])
-            dy = jax.random.normal(keys[3], (1, T, nh, hd), f32)
-            b = jax.random.normal(keys[4], (1, nh, T, T), f32) if bias else None
-            low = [x if x is None else x.astype(dtype) for x in (q, k, v, b, dy)]
-            y, vjp = value_and_vjp(attend)(*low[:4])
-            got = (y,) + tuple(vjp(low[4]))
-            y, vjp = value_and_vjp(xla)(*[x if x is None else x.astype(f32) for x in low[:4]])
-            want = (y,) + tuple(vjp(low[4].astype(f32)))
-            for name, g, w in zip(("output", "dq", "dk", "dv"), got, want):
-                err = float(jnp.linalg.norm(g.astype(f32) - w) / jnp.linalg.norm(w))
-                if not err <= 5e-2:  # NaN fails too
-                    return f"its {name} is off from XLA's attention by {err:.3g} (relative L2, at most 5e-2)"
-    except Exception as e:  # noqa: BLE001 - any refusal (shape, dtype, version, compile) means: not this kernel
-        first = (str(e).strip().splitlines() or [""])[0]
-        return f"{type(e).__name__}: {first[:200]}"
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def cudnn_refusal(dtype: str, T: int, nh: int, n_kv: int, hd: int, bias: bool) -> str | None:
-    """Why cuDNN flash attention cannot serve sdpa's causal training call of this shape here, or None
-    when it can. jax.nn.dot_product_attention's default (implementation=None) is XLA's attention,
-    which builds the T x S scores in memory, so sdpa names cuDNN. Whether cuDNN takes a call (16-bit
-    dtypes only, head size, GPU generation, cuDNN version, bias) is settled by trying it once per
-    shape (check_kernel)."""
-    if _platform() != "gpu":
-        return f"no GPU (JAX platform: {_platform()})"
-
-    def cudnn(q, k, v, b):
-        return jax.nn.dot_product_attention(q, k, v, bias=b, is_causal=True, implementation="cudnn")
-
-    return check_kernel(cudnn, dtype, T, nh, n_kv, hd, bias)
-
-
-def _choice(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, mask: bool, dropout: bool,
-            fusable_dropout: bool) -> tuple[str, str | None]:
-    """The kernel sdpa runs for such a call here, and why cuDNN refused it (else None): "cpu"
-    (causal_attention), "manual", "cudnn" or "xla". The one place sdpa and its reports decide it."""
-    platform = _platform()
-    if platform == "cpu" and not mask and (not dropout or fusable_dropout):
-        return "cpu", None
-    if dropout:
-        return "manual", None
-    if platform == "gpu" and not mask:
-        why = cudnn_refusal(jnp.dtype(dtype).name, T, nh, n_kv, hd, bias)
-        return ("cudnn", None) if why is None else ("xla", why)
-    return "xla", None
-
-
-def sdpa_kernel(dtype, T: int, nh: int, n_kv: int, hd: int, bias: bool, dropout: float) -> str:
-    """Which kernel the sdpa backend runs for a training call of this shape on this machine, in words.
-    dropout: the attention dropout rate (masks drawn from JAX's default PRNG)."""
-    fusable_dropout = bool(dropout) and fusable(jax.random.key(0), (1, nh, T, T), 1.0 - dropout)
-    kernel, why = _choice(dtype, T, nh, n_kv, hd, bias, False, bool(dropout), fusable_dropout)
-    if kernel == "cpu":
-        return "causal block kernel (CPU; attention dropout inside it)" if dropout else "causal block kernel (CPU)"
-    if kernel == "manual":
-        return "manual (the fused kernels take no attention dropout: T x S probabilities kept)"
-    if kernel == "cudnn":
-        return "cuDNN flash attention"
-    return "XLA attention (T x S scores" + (f"; cuDNN refused: {why})" if why else ")")
-
-
-def describe(m, dtype: str) -> str:
-    """The attention kernel a training step of model config m runs here in `dtype`, for the start-up
-    report and the run log."""
-    if m.attention_backend != "sdpa":
-        return f"{m.attention_backend} (explicit softmax: T x S probabilities)"
-    bias = POSITIONS.get(m.position_encoding)(m).bias(m.block_size) is not None
-    return sdpa_kernel(jnp.dtype(dtype), m.block_size, m.n_head, m.kv_heads, m.head_dim, bias, m.dropout)
-
-
 @ATTENTION.register("sdpa")
 def sdpa(q, k, v, bias=None, mask=None, dropout=None):
-    """jax.nn.dot_product_attention, as cuDNN flash attention on a GPU wherever cuDNN takes the call
-    (cudnn_refusal), else XLA's attention. On CPU, causal training attention (with or without a
-    position bias such as ALiBi's) runs causal_attention instead (XLA's composite was about 2x
-    slower here and keeps the T x S scores, docs/performance.md); same function, float32 softmax.
-    With attention dropout: on CPU causal_attention (the same masks as manual's), elsewhere manual
-    (the fused kernels have none)."""
-    B, T, nh, hd = q.shape
-    fusable_dropout = dropout is not None and fusable(dropout.key, (B, nh, T, T), 1.0 - dropout.rate)
-    kernel, _ = _choice(q.dtype, T, nh, k.shape[2], hd, bias is not None, mask is not None, dropout is not None,
-                        fusable_dropout)
-    if kernel == "cpu":
-        return cpu_causal(q, k, v, dropout, bias)
-    if kernel == "manual":
+    """jax.nn.dot_product_attention (XLA's, float32 softmax). It takes no dropout: with attention
+    dropout this is manual's math."""
+    if dropout is not None:
         return manual(q, k, v, bias, mask, dropout)
-    if bias is not None:
-        bias = jnp.broadcast_to(bias, (nh,) + bias.shape[-2:])[None].astype(q.dtype)
+    if bias is not None:  # (1, nh, T, S) for the kernel
+        bias = jnp.broadcast_to(bias, (q.shape[2],) + bias.shape[-2:])[None]
     if mask is not None:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None], implementation=kernel)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation=kernel)
-
-
-@jax.custom_vjp
-def softmax(s):
-    """Softmax over the last dim whose backward keeps only its output P: dS = P * (dP - rowsum(dP * P)).
-    (jax.nn.softmax keeps P too, but XLA then kept the exponentials it is divided from as well, a
-    second T x S tensor per layer.)"""
-    return _probabilities(s)
-
-
-def _softmax_fwd(s):
-    p = _probabilities(s)
-    return p, p
-
-
-def _softmax_bwd(p, dp):
-    return (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)),)
-
-
-softmax.defvjp(_softmax_fwd, _softmax_bwd)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask[None, None])
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True)
 
 
 @ATTENTION.register("manual")
@@ -321,31 +45,8 @@ def manual(q, k, v, bias=None, mask=None, dropout=None):
     att = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * (1.0 / math.sqrt(hd))  # (B, nh, T, S)
     if bias is not None:
         att = att + bias.astype(jnp.float32)
-    allowed = causal_mask(T, S) if mask is None else mask
-    att = jnp.where(allowed, att, -jnp.inf)
-    att = softmax(att).astype(q.dtype)
+    att = jnp.where(causal_mask(T, S) if mask is None else mask, att, -jnp.inf)
+    att = jax.nn.softmax(att, axis=-1).astype(q.dtype)
     if dropout is not None:
-        return _dropped_attend(att, v, dropout.key, dropout.rate)
+        att = drop(att, dropout.key, dropout.rate)
     return jnp.einsum("bnts,bsnh->btnh", att, v)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _dropped_attend(p, v, key, rate):
-    """drop(P) @ V for the manual path, (B, nh, T, S) x (B, S, nh, hd), with a backward that keeps P
-    (the softmax keeps it anyway) and drops it again rather than keeping drop(P) too: dV =
-    drop(P)^T dY, dP = drop(dY V^T), the masks drawn again from the key (dropout.keep_mask)."""
-    return jnp.einsum("bnts,bsnh->btnh", drop(p, key, rate), v)
-
-
-def _dropped_attend_fwd(p, v, key, rate):
-    return _dropped_attend(p, v, key, rate), (p, v, key)
-
-
-def _dropped_attend_bwd(rate, res, dy):
-    p, v, key = res
-    dyt, vt = jnp.swapaxes(dy, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, nh, T, hd), (B, nh, S, hd)
-    pd, dp = _dropped_again(p, dyt @ jnp.swapaxes(vt, -1, -2), key, rate)
-    return dp, jnp.swapaxes(_tn(pd, dyt), 1, 2), None
-
-
-_dropped_attend.defvjp(_dropped_attend_fwd, _dropped_attend_bwd)

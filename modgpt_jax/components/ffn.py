@@ -1,7 +1,4 @@
-"""Feed-forward blocks: standard = proj(act(fc(x))); gated = proj(act(gate(x)) * fc(x)).
-
-The backward keeps fc(x) (and gate(x)) and recomputes the activation from them, so a layer keeps
-the hidden-size tensors modgpt.memory counts (2 standard, 3 gated) and no more."""
+"""Feed-forward blocks: standard = proj(act(fc(x))); gated = proj(act(gate(x)) * fc(x))."""
 from __future__ import annotations
 
 import math
@@ -10,9 +7,7 @@ from flax import nnx
 
 from modgpt.config import ModelConfig
 from modgpt.registry import Registry
-from modgpt_jax.components.activations import ACTIVATIONS, gated
-from modgpt_jax.components.backward import recomputed
-from modgpt_jax.components.dropout import Dropout
+from modgpt_jax.components.activations import ACTIVATIONS
 from modgpt_jax.components.layers import dense
 
 FFNS = Registry("ffn_type")
@@ -20,25 +15,24 @@ FFNS = Registry("ffn_type")
 
 @FFNS.register("standard")
 class StandardFFN(nnx.Module):
-    """fc -> act -> proj (GPT-2 MLP)."""
+    """fc -> activation -> proj -> dropout (GPT-2 MLP)."""
     gated = False
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         D, F = cfg.n_embd, cfg.ffn_hidden_size
         self.act = ACTIVATIONS.get(cfg.ffn_activation)
-        self.fc = dense(D, F, cfg.bias, cfg.init_std, ("embed", "mlp"), rngs)
+        self.fc = dense(D, F, cfg.bias, cfg.init_std, ("embed", "mlp"), rngs)  # value / up projection
         if self.gated:
             self.gate = dense(D, F, cfg.bias, cfg.init_std, ("embed", "mlp"), rngs)
         # residual projection: GPT-2's scaled init
         self.proj = dense(F, D, cfg.bias, cfg.init_std / math.sqrt(2 * cfg.n_layer), ("mlp", "embed"), rngs)
-        self.drop = Dropout(cfg.dropout)
+        self.drop = nnx.Dropout(cfg.dropout)
 
     def hidden(self, x_BxTxD):
-        return recomputed(self.act)(self.fc(x_BxTxD))  # (B, T, F)
+        return self.act(self.fc(x_BxTxD))  # (B, T, F)
 
-    def __call__(self, x_BxTxD, drop_rngs=None):
-        y = self.proj(self.hidden(x_BxTxD))
-        return self.drop(y, deterministic=drop_rngs is None, rngs=drop_rngs)
+    def __call__(self, x_BxTxD, key=None):
+        return self.drop(self.proj(self.hidden(x_BxTxD)), deterministic=key is None, rngs=key)
 
 
 @FFNS.register("swiglu")
@@ -47,7 +41,7 @@ class SwiGLU(StandardFFN):
     gated = True
 
     def hidden(self, x_BxTxD):
-        return gated(self.act)(self.gate(x_BxTxD), self.fc(x_BxTxD))  # (B, T, F)
+        return self.act(self.gate(x_BxTxD)) * self.fc(x_BxTxD)  # (B, T, F)
 
 
 @FFNS.register("glu")

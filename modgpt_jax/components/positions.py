@@ -2,7 +2,7 @@
 
 A component that needs a learned table says how many rows via `embedding_rows(cfg)`; the model owns
 that table as `wpe` (the canonical name) and passes it to `embed`, so these hold no parameters.
-q and k here are (B, T, nh, hd), the layout of jax.nn.dot_product_attention.
+q and k here are (B, T, nh, hd), the layout of jax.nn.dot_product_attention; pos_T: (T,) positions.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ POSITIONS = Registry("position_encoding")
 
 
 class PositionEncoding:
-    """Base: every hook is a no-op (plain Python object: no state, so not an nnx.Module)."""
+    """Base: every hook is a no-op (a plain object without state, so not an nnx.Module)."""
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -32,8 +32,8 @@ class PositionEncoding:
     def rotate(self, q, k, pos_T):
         return q, k
 
-    def bias(self, T: int):
-        """An additive (T, T) or (nh, T, T) attention bias, or None."""
+    def bias(self, pos_T):
+        """An additive (T, T) or (nh, T, T) float32 attention bias, or None."""
         return None
 
 
@@ -68,16 +68,10 @@ class RoPE(PositionEncoding):
 
     def rotate(self, q, k, pos_T):
         cos, sin = rope_cos_sin(pos_T, q.shape[-1], self.cfg.rope_theta)
-        cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd): broadcast over B and heads
-
         half = q.shape[-1] // 2
-        c, s = cos[..., :half], sin[..., :half]  # both halves of the tables are the same angles
+        c, s = cos[:, None, :half], sin[:, None, :half]  # (T, 1, hd/2): both halves hold the same angles
 
-        def rot(x):
-            """x * cos + rotate_half(x) * sin, half by half (the same products and sums, so the same
-            numbers): written with rotate_half, XLA kept x and rotate_half(x) for the backward and
-            fused the rotation into each reader of q and k, the projection output and a copy of it
-            alive per layer; one concatenate of the two rotated halves is a tensor of its own."""
+        def rot(x):  # x * cos + rotate_half(x) * sin, half by half: [x1 c - x2 s, x2 c + x1 s]
             x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
             return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
         return rot(q), rot(k)
@@ -87,8 +81,8 @@ class RoPE(PositionEncoding):
 class ALiBi(PositionEncoding):
     """Attention with linear biases: head h adds slope_h * (j - i) to the score of query i, key j."""
 
-    def bias(self, T: int):
+    def bias(self, pos_T):
         slopes = jnp.asarray(alibi_slopes(self.cfg.n_head), dtype=jnp.float32)  # (nh,)
-        pos = jnp.arange(T, dtype=jnp.float32)
+        pos = pos_T.astype(jnp.float32)
         rel = pos[None, :] - pos[:, None]  # (T, T): j - i, <= 0 where attention is allowed
         return slopes[:, None, None] * rel  # (nh, T, T) float32

@@ -1,10 +1,11 @@
-"""Which kernel the sdpa backend runs: cuDNN flash attention on a GPU where cuDNN takes the call, else
-XLA's attention; the CPU's causal block kernel on a CPU.
+"""What sdpa runs with each kernel set: the cudnn_attention kernel (a GPU's --kernels=auto) names
+cuDNN flash attention where cuDNN takes the call and runs the reference (XLA's attention) where it
+does not; the CPU's causal block kernel on a CPU.
 
-jax.nn.dot_product_attention's default (implementation=None) is XLA's attention, which builds the
-T x S scores, so sdpa must name cuDNN and must fall back when cuDNN refuses a shape. CI has no GPU:
-the GPU branch is driven here by patching the platform, the probe and jax.nn.dot_product_attention
-(a spy that records the implementation asked for and computes with XLA's); the probe itself
+jax.nn.dot_product_attention's default (implementation=None, the reference) is XLA's attention, which
+builds the T x S scores, so the kernel must name cuDNN and must fall back when cuDNN refuses a shape.
+CI has no GPU: the kernel is driven here by patching its probe and jax.nn.dot_product_attention (a
+spy that records the implementation asked for and computes with XLA's); the probe itself
 (check_kernel) runs for real on the CPU with kernels that work, fail or raise.
 """
 from __future__ import annotations
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modgpt_jax.components import attention as A
+from modgpt_jax.components import attention as reference
 from modgpt_jax.components.dropout import AttentionDropout
+from modgpt_jax.kernels import cudnn as A
 
 
 def xla(q, k, v, b):
@@ -80,8 +82,8 @@ def test_cudnn_refusal_without_a_gpu():
 
 @pytest.fixture
 def on_gpu(monkeypatch):
-    """sdpa as on a GPU: the platform says gpu, the probe answers `refusal[0]`, and
-    jax.nn.dot_product_attention records the implementation asked for, then computes with XLA's."""
+    """The cuDNN kernel as on a GPU: the probe answers `refusal[0]`, and jax.nn.dot_product_attention
+    records the implementation asked for, then computes with XLA's."""
     asked, refusal = [], [None]
     real = jax.nn.dot_product_attention
 
@@ -89,7 +91,6 @@ def on_gpu(monkeypatch):
         asked.append(implementation)
         return real(*args, implementation="xla", **kw)
 
-    monkeypatch.setattr(A, "_platform", lambda: "gpu")
     monkeypatch.setattr(A, "cudnn_refusal", lambda *key: refusal[0])
     monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
     return asked, refusal
@@ -102,38 +103,48 @@ def qkv(n_kv=4):
 
 
 def test_sdpa_asks_for_cudnn_on_a_gpu_and_falls_back(on_gpu):
-    """Plain causal and biased calls name cuDNN when the probe accepts them and XLA when it refuses;
-    the sampler's masked call stays on XLA; attention dropout goes to manual. The values are the
-    manual backend's in every case (to the float32 tolerance of test_fast_kernels)."""
+    """Plain causal and biased calls name cuDNN when the probe accepts them and run the reference
+    (XLA's default, implementation None) when it refuses; the sampler's masked call stays on the
+    reference; attention dropout goes to manual. The values are the reference manual backend's in
+    every case (to the float32 tolerance of test_kernels)."""
     asked, refusal = on_gpu
     q, k, v = qkv(2)
-    ref = A.manual(q, k, v)
+    ref = reference.manual(q, k, v)
     np.testing.assert_allclose(A.sdpa(q, k, v), ref, rtol=2e-5, atol=2e-6)
     bias = jnp.zeros((32, 32))
     A.sdpa(q, k, v, bias=bias)
     assert asked == ["cudnn", "cudnn"]
     refusal[0] = "ValueError: not supported"
     np.testing.assert_allclose(A.sdpa(q, k, v), ref, rtol=2e-5, atol=2e-6)
-    mask = A.causal_mask(32)
+    mask = reference.causal_mask(32)
     A.sdpa(q, k, v, mask=mask)
     refusal[0] = None
     A.sdpa(q, k, v, mask=mask)
-    assert asked == ["cudnn", "cudnn", "xla", "xla", "xla"]
+    assert asked == ["cudnn", "cudnn", None, None, None]
     d = AttentionDropout(0.1, jax.random.key(3))
-    np.testing.assert_array_equal(A.sdpa(q, k, v, dropout=d), A.manual(q, k, v, dropout=d))
+    np.testing.assert_array_equal(A.sdpa(q, k, v, dropout=d), reference.manual(q, k, v, dropout=d))
     assert len(asked) == 5  # not through dot_product_attention
 
 
 def test_sdpa_kernel_names_what_runs(on_gpu):
     asked, refusal = on_gpu
-    assert A.sdpa_kernel(jnp.bfloat16, 1024, 12, 12, 64, False, 0.0) == "cuDNN flash attention"
+    assert A.describe(jnp.bfloat16, 1024, 12, 12, 64, False, 0.0) == "cuDNN flash attention"
     refusal[0] = "ValueError: fp32 is not supported"
-    assert A.sdpa_kernel(jnp.float32, 1024, 12, 12, 64, False, 0.0) == (
+    assert A.describe(jnp.float32, 1024, 12, 12, 64, False, 0.0) == (
         "XLA attention (T x S scores; cuDNN refused: ValueError: fp32 is not supported)")
-    assert A.sdpa_kernel(jnp.bfloat16, 1024, 12, 12, 64, False, 0.1).startswith("manual")
+    assert A.describe(jnp.bfloat16, 1024, 12, 12, 64, False, 0.1).startswith("manual")
 
 
-def test_sdpa_kernel_on_the_cpu():
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, 0.0) == "causal block kernel (CPU)"
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, False, 0.2).startswith("causal block kernel")
-    assert A.sdpa_kernel(jnp.float32, 256, 6, 6, 64, True, 0.0) == "causal block kernel (CPU)"  # a bias too
+def test_describe_attention_per_kernel_set(tiny):
+    """The report's attention line says what runs: the reference's XLA attention (or manual with
+    attention dropout), the CPU kernel's block kernel (with a bias and with dropout too)."""
+    from modgpt_jax.kernels import AUTO, describe_attention
+    m = tiny(block_size=256, n_head=4, n_embd=64).model
+    assert describe_attention(m, "float32", ()) == "XLA attention (T x S scores)"
+    assert describe_attention(m.__class__(**{**m.__dict__, "dropout": 0.2}), "float32", ()).startswith("manual")
+    cpu = AUTO["cpu"]
+    assert describe_attention(m, "float32", cpu) == "causal block kernel (CPU)"
+    alibi = m.__class__(**{**m.__dict__, "position_encoding": "alibi"})
+    assert describe_attention(alibi, "float32", cpu) == "causal block kernel (CPU)"  # a bias too
+    dropped = m.__class__(**{**m.__dict__, "dropout": 0.2})
+    assert describe_attention(dropped, "float32", cpu).startswith("causal block kernel (CPU; attention dropout")

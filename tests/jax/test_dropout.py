@@ -1,10 +1,11 @@
-"""Dropout masks drawn by modgpt_jax/components/dropout.py: jax.random.bernoulli's bits, without
-XLA:CPU's rolled threefry loop, and the causal kernel's attention dropout.
+"""Dropout masks drawn by the fused_dropout kernel (modgpt_jax/kernels/dropout.py): jax.random.
+bernoulli's bits (the reference's), without XLA:CPU's rolled threefry loop, and the causal block
+kernel's attention dropout.
 
-The masks must be bernoulli's bit for bit (runs, resumes and meshes draw what they drew before;
-the sharded tests in test_sharding.py train with dropout on four meshes). The kernel's attention
-dropout must equal the manual path's: the same mask, so the same numbers up to the kernel's
-summation order (RTOL of test_fast_kernels.py, which gives its reasoning).
+The masks must be bernoulli's bit for bit (the kernels and the reference draw the same; the
+sharded tests in test_sharding.py train with dropout on four meshes). The kernel's attention
+dropout must equal the reference's manual path: the same mask, so the same numbers up to the
+kernel's summation order (RTOL of test_kernels.py, which gives its reasoning).
 """
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from modgpt_jax.components import attention as A
-from modgpt_jax.components.dropout import AttentionDropout, Dropout, drop, fusable, keep_mask
+from modgpt_jax.components import attention as reference
+from modgpt_jax.components.dropout import AttentionDropout
+from modgpt_jax.kernels import cpu_attention as A
+from modgpt_jax.kernels.dropout import FusedDropout as Dropout
+from modgpt_jax.kernels.dropout import drop, fusable, keep_mask
 
-from .test_fast_kernels import LAYERS, close, rand, stacked_temps
+from .test_kernels import LAYERS, close, rand, stacked_temps
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5, 11), (2, 3, 64, 64)])
@@ -87,15 +91,15 @@ def causal_inputs(n_kv=4):
 
 @pytest.mark.parametrize("n_kv", [4, 2])
 def test_kernel_dropout_equals_manual(n_kv):
-    """sdpa on CPU with attention dropout runs the causal kernel, which draws each query block's
-    window of the mask; values and gradients equal the manual path, which drops the whole T x T."""
-    assert jax.default_backend() == "cpu"
+    """The CPU sdpa with attention dropout runs the causal kernel, which draws each query block's
+    window of the mask; values and gradients equal the reference's manual path (jax.random.bernoulli
+    on the whole T x T)."""
     q, k, v = causal_inputs(n_kv)
     d = AttentionDropout(0.3, jax.random.key(11))
     f = lambda kern, d: lambda q, k, v: jnp.sum(jnp.sin(kern(q, k, v, dropout=d)))  # noqa: E731
-    close(A.sdpa(q, k, v, dropout=d), A.manual(q, k, v, dropout=d))
+    close(A.sdpa(q, k, v, dropout=d), reference.manual(q, k, v, dropout=d))
     for g, g_ref in zip(jax.grad(f(A.sdpa, d), argnums=(0, 1, 2))(q, k, v),
-                        jax.grad(f(A.manual, d), argnums=(0, 1, 2))(q, k, v)):
+                        jax.grad(f(reference.manual, d), argnums=(0, 1, 2))(q, k, v)):
         close(g, g_ref)
     # and the dropout is real: without it the output differs by O(1)
     assert np.abs(np.asarray(A.sdpa(q, k, v, dropout=d) - A.sdpa(q, k, v))).max() > 0.1
@@ -112,15 +116,14 @@ def test_kernel_dropout_uses_the_mask_it_draws():
     assert np.all(np.asarray(gv)[0, ~kept] == 0) and np.all(np.asarray(gv)[0, kept] != 0)
 
 
+@pytest.mark.xla_memory
 @pytest.mark.parametrize("keep", [False, True])
 def test_kernel_dropout_keeps_nothing_more_per_layer(keep):
     """With attention dropout each layer of the kernel keeps what it keeps without (its row
     statistics, or with keep=True its probability blocks), not the masks nor the dropped blocks: the
     backward draws the masks again and drops P anew. Per layer = (plan of 8 stacked layers - plan of
-    4) / 4, so the backward's transients cancel. Measured, in probability bytes per layer: 0.11
-    (keep False) and 1.2 (keep True), with and without dropout; jax.random.bernoulli's masks kept
-    2.0 more (8 bytes of threefry words per probability), the dropped blocks merged with the
-    forward's 1.0 more."""
+    4) / 4, so the backward's transients cancel (measured, in probability bytes per layer: 0.11 with
+    keep False and 1.2 with keep True, with and without dropout)."""
     def per_layer(rate):
         t4, p_bytes = stacked_temps("causal", rate, keep, layers=4)
         t8, _ = stacked_temps("causal", rate, keep, layers=8)
@@ -151,10 +154,10 @@ def test_manual_dropout_matches_autodiff():
         close(g, g_ref)
 
 
+@pytest.mark.xla_memory
 def test_manual_dropout_keeps_no_dropped_probabilities():
-    """4 stacked manual attention layers with dropout keep what they keep without plus transients:
-    measured 1.95 x one float32 T x T per layer (1.48 without dropout); 2.73 when autodiff of
-    dropout(P) @ V kept drop(P) next to P."""
+    """4 stacked manual attention layers with dropout keep what they keep without plus transients
+    (measured about 1.95 x one float32 T x T per layer, 1.48 without dropout): not drop(P) next to P."""
     temps, p_bytes = stacked_temps("manual", 0.2)
     assert temps <= 2.2 * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
 
@@ -165,14 +168,17 @@ def test_drop_scales_like_nnx():
     assert set(np.unique(y)) == {0.0, np.float32(1.0) / np.float32(0.8)}
 
 
-def test_model_sdpa_equals_manual_with_dropout(tiny, tokens):
-    """A whole model in train mode: the CPU kernel (sdpa) and manual draw the same attention masks
-    from the same per-layer keys, so logits agree (kernel summation order: test_model's
+@pytest.mark.parametrize("backend", ["sdpa", "manual"])
+def test_model_kernels_equal_reference_with_dropout(tiny, tokens, backend):
+    """A whole model in train mode: with the CPU kernels and as the reference it draws the same
+    dropout masks from the same per-layer keys, so logits agree (kernel summation order: test_model's
     test_sdpa_equals_manual tolerance), and differ from eval mode."""
+    from modgpt_jax.kernels import apply_kernels
     from modgpt_jax.model import build
-    cfg = tiny(dropout=0.2)
+    cfg = tiny(dropout=0.2, attention_backend=backend)
     x, key = jnp.asarray(tokens), jax.random.key(4)
-    a = build(cfg.replace(attention_backend="sdpa"), 0)(x, key)
-    b = build(cfg.replace(attention_backend="manual"), 0)(x, key)
+    fast = build(cfg, 0)
+    assert apply_kernels(fast, cfg, "cpu")
+    a, b = fast(x, key=key)[0], build(cfg, 0)(x, key=key)[0]
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=1e-5)
-    assert np.abs(np.asarray(a) - np.asarray(build(cfg, 0)(x))).max() > 1e-2
+    assert np.abs(np.asarray(a) - np.asarray(fast(x)[0])).max() > 1e-2

@@ -26,8 +26,9 @@ from flax import nnx
 from modgpt import flops as F
 from modgpt.config import Config
 from modgpt.presets import PRESETS, SIZES
-from modgpt_jax.components.attention import _query_blocks
-from modgpt_jax.model import build, cross_entropy
+from modgpt_jax.kernels.cpu_attention import _query_blocks
+from modgpt_jax.kernels import apply_kernels
+from modgpt_jax.model import build
 
 SHAPE = re.compile(r"%([\w.\-]+) = [a-z][a-z0-9]*\[([\d,]*)\]")
 DOT = re.compile(r"= [a-z][a-z0-9]*\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)[^\n]*?"
@@ -53,20 +54,23 @@ def hlo_dot_flops(hlo: str) -> tuple[int, int]:
 
 def compiled_train_step(cfg: Config, B: int):
     model = build(cfg, 0)
+    apply_kernels(model, cfg)
     g, params = nnx.split(model, nnx.Param)
     x = jnp.zeros((B, cfg.model.block_size), jnp.int32)
-    f = jax.value_and_grad(lambda p, x, y: cross_entropy(nnx.merge(g, p)(x), y))
+    f = jax.value_and_grad(lambda p, x, y: nnx.merge(g, p)(x, y)[1])
     return jax.jit(f).lower(params, x, x).compile()
 
 
-# every preset, plus the explicit-softmax attention on one (sdpa is the presets' default)
-CASES = [(p, "sdpa") for p in sorted(PRESETS)] + [("gpt2", "manual")]
+# every preset with the CPU kernels, plus the explicit-softmax attention on one (sdpa is the presets'
+# default) and the reference model (XLA's attention) on two
+CASES = ([(p, "sdpa", "auto") for p in sorted(PRESETS)] + [("gpt2", "manual", "auto")]
+         + [(p, "sdpa", "reference") for p in ("gpt2", "llama")])
 
 
-@pytest.mark.parametrize("preset,attention", CASES)
-def test_calculator_matches_xla(preset, attention):
+@pytest.mark.parametrize("preset,attention,kernels", CASES)
+def test_calculator_matches_xla(preset, attention, kernels):
     cfg = Config().replace(**PRESETS[preset], **SIZES["tiny"], vocab_size=65, dropout=0.0,
-                           attention_backend=attention)
+                           attention_backend=attention, kernels=kernels)
     B, T = 2, cfg.model.block_size
     comp = compiled_train_step(cfg, B)
     calc = F.count(cfg.model).flops_per_token * B * T
@@ -74,11 +78,11 @@ def test_calculator_matches_xla(preset, attention):
     # On CPU, sdpa's causal kernel runs the query rows in nb blocks and skips the blocks above the
     # diagonal, so it performs (nb+1)/(2nb) of the T x T score and value matmuls; the calculator
     # keeps the PaLM convention (the full square) whatever the kernel skips. manual is the full square.
-    kernel = attention == "sdpa"  # the CPU causal kernel (ALiBi's bias included)
+    kernel = attention == "sdpa" and kernels == "auto"  # the CPU causal kernel (ALiBi's bias included)
     nb = _query_blocks(T) if kernel else 1
     L = cfg.model.n_layer
-    # Under RoPE the qkv projection is two matmuls ([q|k] and v: Linear.split, model.v_apart).
-    qkv = 2 if build(cfg, 0).blocks[0].attn.v_apart else 1
+    # With the CPU kernels under RoPE the qkv projection is two matmuls ([q|k] and v: CPULinear.split).
+    qkv = 2 if kernels == "auto" and cfg.model.position_encoding == "rope" and not cfg.model.qk_norm else 1
     # per layer: qkv, proj, 2-3 ffn matmuls (x3 with backward) + per query block the attention's
     # forward scores and values and backward dP, dQ, dK, dV, and for the CPU kernel the scores
     # once more (its backward computes P again rather than keeping it); plus the head (x3)

@@ -1,10 +1,7 @@
-"""Helpers for hand-written backward passes that keep only what the floor counts (modgpt.memory).
-
-XLA decides what a compiled forward+backward keeps. A backward that recomputes something the
-forward also computed (an activation, a slice) is merged with it by common-subexpression
-elimination, so the forward's buffer is kept after all (docs/performance.md, Memory). `fresh` ties
-such work to the cotangent instead; `recomputed` uses it to recompute an elementwise function in
-the backward.
+"""Helpers for the kernels' hand-written backward passes, which keep only what the memory floor
+counts (modgpt.memory). A backward that recomputes something the forward also computed is merged
+with it by XLA's common-subexpression elimination, which keeps the forward's buffer after all
+(docs/performance.md, Memory); `fresh` ties such work to the cotangent instead.
 """
 from __future__ import annotations
 
@@ -26,9 +23,9 @@ def fresh(x, ct):
 @functools.lru_cache(maxsize=None)
 def recomputed(f):
     """Elementwise f(*xs) (inputs and output of one shape) with a backward that keeps only xs and
-    recomputes f's intermediates from them: autodiff's gradients of f, evaluated in the backward.
-    Autodiff of f itself keeps what its derivative reads (GELU's erf, SiLU's sigmoid and output):
-    one or two more FFN-hidden-sized tensors per layer (docs/performance.md, Memory)."""
+    recomputes f's intermediates from them: autodiff's gradients of f, evaluated in the backward
+    (autodiff of f keeps what its derivative reads, such as GELU's erf: one or two more FFN-hidden
+    tensors per layer)."""
     @jax.custom_vjp
     def g(*xs):
         return f(*xs)

@@ -1,4 +1,5 @@
-"""The hand-written backwards (docs/performance.md) against autodiff of the plain formulas.
+"""The kernels (modgpt_jax/kernels, --kernels=auto) against the reference pieces they replace:
+the hand-written backwards against autodiff of the plain formulas, apply_kernels' swaps.
 
 Every check compares values and gradients of the fast path with jax.grad of the textbook math in
 float32. Tolerances: the two compute the same sums in a different order (and the attention kernel
@@ -16,12 +17,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from modgpt_jax.components import attention as A
-from modgpt_jax.components.activations import ACTIVATIONS, gated
-from modgpt_jax.components.backward import recomputed
+from modgpt_jax.components.activations import ACTIVATIONS
 from modgpt_jax.components.dropout import AttentionDropout
 from modgpt_jax.components.layers import dense
-from modgpt_jax.components.norms import layer_norm, rms_norm
+from modgpt_jax.kernels import cpu_attention as A
+from modgpt_jax.kernels.backward import recomputed
+from modgpt_jax.kernels.cpu_linear import CPULinear
+from modgpt_jax.kernels.ffn import gated
+from modgpt_jax.kernels.norms import layer_norm, rms_norm
 
 RTOL = 2e-5
 
@@ -108,25 +111,23 @@ def stacked_temps(kernel: str, rate: float = 0.0, keep: bool = True, layers: int
     return compiled.memory_analysis().temp_size_in_bytes, p_bytes
 
 
+@pytest.mark.xla_memory
 @pytest.mark.parametrize("kernel,most", [("causal", 1.6), ("manual", 1.8)])
 def test_attention_keeps_the_probabilities_once(kernel, most):
     """What the compiled backward of 4 stacked attention layers keeps: each layer's probabilities
     (5/8 of T x T per head for the causal kernel's query blocks, T x T for manual), q, k, v and
-    little else. Measured: causal 1.49 x those bytes (1.65 while the backward read the attention
-    output Y for rowsum(dY * Y), 2.8 when P = exp(s - max) / sum let XLA keep the exponentials too,
-    2.0 when the backward's per-block k/v slices were merged with the forward's); manual 1.48
-    (2.49 with jax.nn.softmax, for the same reason as the first)."""
+    little else (measured about 1.5 x those bytes for both)."""
     temps, p_bytes = stacked_temps(kernel)
     assert temps <= most * LAYERS * p_bytes, temps / (LAYERS * p_bytes)
 
 
+@pytest.mark.xla_memory
 def test_recomputed_probabilities_are_the_kept_ones():
     """keep=False (the model's choice): the backward makes P again from the scores and the
     forward's row max and log-sum. Same formula on the same numbers, so values and gradients are
     the keeping kernel's bit for bit, with and without dropout; and the 4 stacked layers keep no
-    probabilities: measured 0.64 x one layer's probability bytes per layer (q, k, v, the statistics
-    and the backward's working blocks; 0.80 while the backward read Y too), against 1.49 when they
-    are kept."""
+    probabilities (measured about 0.64 x one layer's probability bytes per layer: q, k, v, the
+    statistics and the backward's working blocks)."""
     q, k, v = (rand(i, 2, 4, 128, 16) for i in range(3))
     for d in (None, AttentionDropout(0.2, jax.random.key(3))):
         f = lambda keep: lambda q, k, v: jnp.sum(jnp.sin(A.causal_attention(q, k, v, 4, d, keep)))  # noqa: E731
@@ -160,14 +161,16 @@ def test_causal_attention_grads_are_causal():
 
 @pytest.mark.parametrize("n_kv", [4, 2, 1])
 def test_sdpa_cpu_path_matches_manual_with_gqa(n_kv):
-    """The registered sdpa (on CPU: causal_attention) equals manual, values and grads, (B, T, nh, hd)."""
-    assert jax.default_backend() == "cpu"
+    """The CPU sdpa (causal_attention) and manual equal the reference's manual, values and grads,
+    (B, T, nh, hd)."""
+    from modgpt_jax.components import attention as reference
     q = rand(0, 2, 64, 4, 8)
     k, v = rand(1, 2, 64, n_kv, 8), rand(2, 2, 64, n_kv, 8)
     f = lambda kern: lambda q, k, v: jnp.sum(jnp.sin(kern(q, k, v)))  # noqa: E731
-    for g, g_ref in zip(jax.grad(f(A.sdpa), argnums=(0, 1, 2))(q, k, v),
-                        jax.grad(f(A.manual), argnums=(0, 1, 2))(q, k, v)):
-        close(g, g_ref)
+    want = jax.grad(f(reference.manual), argnums=(0, 1, 2))(q, k, v)
+    for kern in (A.sdpa, A.manual):
+        for g, g_ref in zip(jax.grad(f(kern), argnums=(0, 1, 2))(q, k, v), want):
+            close(g, g_ref)
 
 
 def ref_layer_norm(x, w, b, eps):
@@ -201,13 +204,14 @@ def test_rms_norm_matches_autodiff(shape, per_head):
         close(g, g_ref)
 
 
+@pytest.mark.xla_memory
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 @pytest.mark.parametrize("dtype,most", [("float32", 1.25), ("bfloat16", 2.0)])
 def test_norm_backward_keeps_its_input_not_xhat(norm, dtype, most):
     """The norms keep x in its own dtype and the float32 row statistics for the backward (the
     floor's norm activations, modgpt.memory) and rebuild xhat there. What the compiled backward of 6
-    stacked residual norms x + norm(x) / 2 plans, in units of one x: measured 1.0 (float32) and 1.7
-    (bfloat16); keeping the float32 xhat, XLA kept x as well: 1.84 and 4.0."""
+    stacked residual norms x + norm(x) / 2 plans, in units of one x (measured 1.0 in float32 and
+    1.7 in bfloat16; keeping the float32 xhat instead, XLA keeps x as well)."""
     if norm == "layer":
         f = lambda x, w: layer_norm(x, w, w, 1e-5, False)  # noqa: E731
     else:
@@ -228,6 +232,7 @@ def test_norm_backward_keeps_its_input_not_xhat(norm, dtype, most):
 def test_linear_matches_autodiff(n_in, n_out):
     with nnx.use_eager_sharding(False):
         layer = dense(n_in, n_out, True, 0.5, ("embed", "mlp"), nnx.Rngs(0))
+    layer.__class__ = CPULinear  # as apply_kernels swaps it
     graph, params = nnx.split(layer)
     x, dy = rand(1, 3, 7, n_in), rand(2, 3, 7, n_out)
 
@@ -272,3 +277,45 @@ def test_recomputed_propagates_non_finite_cotangents():
     _, vjp = jax.vjp(recomputed(ACTIVATIONS.get("gelu")), x)
     g = np.asarray(vjp(jnp.array([1.0, jnp.inf, jnp.nan]))[0])
     assert np.isfinite(g[0]) and not np.isfinite(g[1]) and not np.isfinite(g[2])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_split_is_the_layer_in_two_blocks(bias):
+    """CPULinear.split (the CPU attention's projection under RoPE): the layer's output cut at a
+    column, values and gradients."""
+    lin = CPULinear(32, 96, use_bias=bias, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 7, 32))
+    g, p = nnx.split(lin)
+
+    def loss(p, split):
+        m = nnx.merge(g, p)
+        y = jnp.concatenate(m.split(x, 64), axis=-1) if split else m(x)
+        return jnp.sum(jnp.sin(y)), y
+    (_, y1), g1 = jax.value_and_grad(loss, has_aux=True)(p, True)
+    (_, y2), g2 = jax.value_and_grad(loss, has_aux=True)(p, False)
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):  # sums of 21 float32 products, orders
+        b = np.asarray(b)  # may differ: rounding of the gradient's own scale, not of each entry
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+
+
+def test_apply_kernels_swaps_classes_in_place(tiny):
+    """auto on the CPU swaps each reference piece for its kernel in place: the same module objects
+    and parameters (paths, values), the kernels' classes; reference swaps nothing; a GPU's auto takes
+    only cuDNN attention (the CPU kernels never run on a GPU)."""
+    from modgpt_jax import kernels as K
+    from modgpt_jax.components.norms import RMSNorm
+    from modgpt_jax.kernels.norms import FastRMSNorm
+    from modgpt_jax.model import build
+    cfg = tiny(position_encoding="rope", normalization="rmsnorm", ffn_type="swiglu", activation="silu")
+    model = build(cfg, 0)
+    before = {p: (id(v), np.asarray(v[...])) for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+    block = model.blocks[0]
+    assert K.apply_kernels(model, cfg.replace(kernels="reference"), "cpu") == () and type(block.norm1) is RMSNorm
+    assert K.apply_kernels(model, cfg, "cpu") == K.AUTO["cpu"]
+    assert model.blocks[0] is block and type(block.norm1) is FastRMSNorm and type(block.attn) is A.CPUAttention
+    assert type(block.attn.qkv) is CPULinear and block.attn.kernel is A.sdpa
+    after = {p: (id(v), np.asarray(v[...])) for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+    assert before.keys() == after.keys() and all(before[p][0] == after[p][0] for p in before)
+    assert K.selected(cfg, "gpu") == ("cudnn_attention",) and K.selected(cfg, "tpu") == ()
+    assert not set(K.AUTO["gpu"]) & set(K.AUTO["cpu"])

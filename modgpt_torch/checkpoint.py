@@ -112,14 +112,16 @@ def load_latest(out_dir: str, map_location="cpu") -> dict:
 
 def load_model(out_dir: str, device="cpu"):
     """(model in eval mode, Config, checkpoint dict) from a run directory's latest checkpoint."""
-    from modgpt_torch.model import ConfigurableGPT
+    from modgpt_torch.kernels import apply_kernels
+    from modgpt_torch.model import GPT
     try:
         loop.check_backend(out_dir, "torch", reading=True)
     except loop.SetupError as e:
         raise CheckpointError(str(e)) from None
     ck = load_latest(out_dir)
     cfg = C.from_dict(ck["config"])
-    model = ConfigurableGPT(cfg.model)
+    model = GPT(cfg.model)
+    apply_kernels(model, cfg, torch.device(device).type)
     load_model_state(model, ck["model"], latest(out_dir))
     return model.to(device).eval(), cfg, ck
 

@@ -1,6 +1,7 @@
-"""ConfigurableGPT: components resolved once from the registries; attribute names per the contract.
-
-Imports nothing from torch.distributed: parallel.py wraps the model after it is built.
+"""GPT as torch modules, the reference: the math and nothing else, read side by side with
+modgpt_jax/model.py (the same class, attribute and hook names). Components are resolved once from
+the registries. Imports nothing from torch.distributed: parallel.py wraps the model after it is
+built, and kernels.apply_kernels swaps in leaner pieces for the machine (--kernels).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from modgpt.config import ModelConfig
 from modgpt_torch.components import ATTENTION, FFNS, NORMS, POSITIONS
-from modgpt_torch.components.loss import cross_entropy
+from modgpt_torch.components.loss import CrossEntropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -22,37 +23,38 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, pos):
         super().__init__()
         self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, cfg.qkv_size, bias=cfg.bias)  # out = [q | k | v] (weights.py)
+        self.qkv = nn.Linear(cfg.n_embd, cfg.qkv_size, bias=cfg.bias)  # [q | k | v] (weights.py)
         if cfg.qk_norm:  # per-head norms over head_dim, shared by all heads
             self.q_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
             self.k_norm = NORMS.get(cfg.normalization)(cfg, cfg.head_dim)
         self.qk_norm = cfg.qk_norm
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.attn_drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout  # attention dropout: the kernel draws it on the probabilities
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.kernel = ATTENTION.get(cfg.attention_backend)
-        # a plain list keeps the shared (param-free) position module out of this block's children
-        self._pos = [pos]
+        self._pos = [pos]  # the shared, parameter-free position hooks (a list: not a child module)
 
-    def forward(self, x):
-        B, T, D = x.shape
-        nh, nkv, hs = self.n_head, self.n_kv, self.hd
-        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)  # head h = cols h*hs..
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k, v = (t.view(B, T, nkv, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+    @property
+    def pos(self):
+        return self._pos[0]
+
+    def project(self, x_BxTxD):
+        """q (B, nh, T, hd), k and v (B, nkv, T, hd): the qkv projection's column blocks."""
+        B, T, D = x_BxTxD.shape
+        nh, nkv, hd = self.n_head, self.n_kv, self.hd
+        q, k, v = self.qkv(x_BxTxD).split([nh * hd, nkv * hd, nkv * hd], dim=2)  # head h = cols h*hd..
+        return (q.view(B, T, nh, hd).transpose(1, 2), k.view(B, T, nkv, hd).transpose(1, 2),
+                v.view(B, T, nkv, hd).transpose(1, 2))
+
+    def forward(self, x_BxTxD, pos_T):
+        B, T, D = x_BxTxD.shape
+        q, k, v = self.project(x_BxTxD)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        pos = self._pos[0]
-        q_in = q
-        q, k = pos.rotate(q, k)
-        if q is not q_in and not self.qk_norm:
-            # q and k are rotated copies now: a copy of v lets the whole qkv output, of which v is a
-            # view, be freed instead of kept for the backward (2/3 of it is dead; modgpt.memory)
-            v = v.contiguous()
-        p = self.attn_drop.p if self.training else 0.0
-        y = self.kernel(q, k, v, pos.bias(T, x.device), p)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, D)
-        return self.resid_drop(self.proj(y))
+        q, k = self.pos.rotate(q, k, pos_T)
+        p = self.dropout if self.training else 0.0
+        y = self.kernel(q, k, v, self.pos.bias(pos_T), p)  # (B, nh, T, hd)
+        return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, D)))
 
 
 class Block(nn.Module):
@@ -67,29 +69,30 @@ class Block(nn.Module):
         self.ffn = FFNS.get(cfg.ffn_type)(cfg)
         self.pre = cfg.norm_position == "pre"
 
-    def forward(self, x):
+    def forward(self, x_BxTxD, pos_T):
         if self.pre:
-            x = x + self.attn(self.norm1(x))
+            x = x_BxTxD + self.attn(self.norm1(x_BxTxD), pos_T)
             return x + self.ffn(self.norm2(x))
-        x = self.norm1(x + self.attn(x))
+        x = self.norm1(x_BxTxD + self.attn(x_BxTxD, pos_T))
         return self.norm2(x + self.ffn(x))
 
 
-class ConfigurableGPT(nn.Module):
-    """A GPT whose components are named in the config (see docs/backend_contract.md)."""
+class GPT(nn.Module):
+    """A GPT whose components are named in the config (docs/backend_contract.md)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         Pos = POSITIONS.get(cfg.position_encoding)
+        self.pos = Pos(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         rows = Pos.embedding_rows(cfg)
         self.wpe = nn.Embedding(rows, cfg.n_embd) if rows else None
-        self.pos = Pos(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg, self.pos) for _ in range(cfg.n_layer)])
         self.norm_f = NORMS.get(cfg.normalization)(cfg) if cfg.final_norm else None
         self.lm_head = None if cfg.weight_tying else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.loss = CrossEntropy()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -108,28 +111,25 @@ class ConfigurableGPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx_BxT, targets_BxT=None):
         """idx (B, T) int -> (logits (B, T, V), mean cross-entropy in float32 or None)."""
-        B, T = idx.shape
+        T = idx_BxT.shape[1]
         assert T <= self.cfg.block_size, f"sequence length {T} > block_size {self.cfg.block_size}"
-        x = self.drop(self.pos.embed(self.wte(idx), self.wpe))  # (B, T, D)
+        pos_T = torch.arange(T, device=idx_BxT.device)
+        x = self.drop(self.pos.embed(self.wte(idx_BxT), self.wpe, pos_T))  # (B, T, D)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, pos_T)
         if self.norm_f is not None:
             x = self.norm_f(x)
         # tied: the token embedding is the LM head (logits = x @ wte.T)
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight)
-        loss = None
-        if targets is not None:
-            loss = cross_entropy(logits, targets)  # float32 math, floor memory (components/loss.py)
-        return logits, loss
+        return logits, None if targets_BxT is None else self.loss(logits, targets_BxT)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
         """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 = greedy."""
         for _ in range(max_new_tokens):
-            ctx = idx[:, -self.cfg.block_size:]
-            logits, _ = self(ctx)
+            logits, _ = self(idx[:, -self.cfg.block_size:])
             logits = logits[:, -1, :].float()  # (B, V)
             if temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)
@@ -143,7 +143,7 @@ class ConfigurableGPT(nn.Module):
         return idx
 
 
-def build(cfg: ModelConfig, device=None) -> ConfigurableGPT:
+def build(cfg: ModelConfig, device=None) -> GPT:
     """Construct (and optionally move) a model from the model config."""
-    model = ConfigurableGPT(cfg)
+    model = GPT(cfg)
     return model.to(device) if device is not None else model

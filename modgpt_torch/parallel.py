@@ -261,8 +261,8 @@ def full_model(model, mode: str, d: Dist, device):
     msd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not d.is_main:
         return None
-    from modgpt_torch.model import ConfigurableGPT
-    full = ConfigurableGPT(model.cfg).to(device)
+    from modgpt_torch.model import GPT
+    full = GPT(model.cfg).to(device)
     full.load_state_dict(msd)
     return full
 

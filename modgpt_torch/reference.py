@@ -7,14 +7,14 @@ import torch
 
 from modgpt import config as C
 from modgpt import weights as W
-from modgpt_torch.model import ConfigurableGPT
+from modgpt_torch.model import GPT
 from modgpt_torch.weights import load_canonical, to_canonical
 
 
-def build_model(m: C.ModelConfig, tensors: dict | None = None, seed: int = 0) -> ConfigurableGPT:
+def build_model(m: C.ModelConfig, tensors: dict | None = None, seed: int = 0) -> GPT:
     """A float32 CPU model in eval mode (no dropout), loaded from canonical tensors when given."""
     torch.manual_seed(seed)
-    model = ConfigurableGPT(m)
+    model = GPT(m)
     if tensors is not None:
         load_canonical(model, tensors)
     return model.eval()
@@ -126,7 +126,7 @@ def loss(model, x, y, dtype: str = "float32") -> float:
 
 @torch.no_grad()
 def greedy(model, prompt, n_new: int) -> np.ndarray:
-    """n_new greedy tokens after prompt (1-D ids) with ConfigurableGPT.generate (temperature 0)."""
+    """n_new greedy tokens after prompt (1-D ids) with GPT.generate (temperature 0)."""
     dev = next(model.parameters()).device
     idx = torch.as_tensor(np.asarray(prompt)[None]).long().to(dev)
     return model.generate(idx, n_new, temperature=0.0)[0, len(prompt):].cpu().numpy()

@@ -29,9 +29,9 @@ from modgpt import config as C  # noqa: E402
 from modgpt import data as D  # noqa: E402
 from modgpt import hardware as HW  # noqa: E402
 from modgpt_torch import checkpoint as CK  # noqa: E402
+from modgpt_torch import kernels as K  # noqa: E402
 from modgpt_torch import parallel as P  # noqa: E402
-from modgpt_torch.components.attention import describe as describe_attention  # noqa: E402
-from modgpt_torch.model import ConfigurableGPT  # noqa: E402
+from modgpt_torch.model import GPT  # noqa: E402
 from modgpt_torch.weights import load_canonical  # noqa: E402
 
 BACKEND = "torch"
@@ -126,7 +126,7 @@ def build(run, source, d: P.Dist):
     """The model with its starting weights and, when resuming, the checkpoint (read-only)."""
     cfg = run.cfg
     torch.manual_seed(cfg.train.seed)
-    model = ConfigurableGPT(cfg.model)  # same init on every rank (same seed, built on CPU)
+    model = GPT(cfg.model)  # same init on every rank (same seed, built on CPU)
     ck = None
     if run.resume and CK.latest(run.out_dir) is None:
         if d.is_main:  # killed before its first checkpoint: nothing to restore, nothing lost
@@ -247,6 +247,7 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model.to(device)
+    kernels = K.apply_kernels(model, cfg, device.type)  # --kernels: swapped in once, before wrapping
     raw = model
     wrapped = P.wrap(model, mode, d, device)
     scaler = torch.amp.GradScaler(device.type, enabled=t.dtype == "float16")
@@ -291,13 +292,14 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device, mode: str) -> int:
     log = loop.open_log(run, enabled=d.is_main)
     progress = report.Progress(cfg, start, enabled=d.is_main)
     if d.is_main:
-        attention = describe_attention(cfg.model, DTYPES[t.dtype], device)
+        attention = K.describe_attention(cfg.model, DTYPES[t.dtype], device)
         extra = {"compile": "torch.compile" if t.compile else "eager", "init": t.init_from,
-                 "attention": attention, "host malloc": hostmem.keep_freed_blocks()}
+                 "kernels": K.describe(kernels, device.type), "attention": attention,
+                 "host malloc": hostmem.keep_freed_blocks()}
         print(report.startup_report(run, BACKEND, dev_name, d.world, precision, peak, pdesc, extra), flush=True)
         versions = {"torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
         log.header(**report.header_record(run, BACKEND, dev_name, d.world, peak, versions, pdesc),
-                   attention=attention, resumed_from=last_ckpt)
+                   attention=attention, kernels=list(kernels), resumed_from=last_ckpt)
         if ck is not None:
             log.event("resumed", iter=start, message=f"from {last_ckpt}")
 

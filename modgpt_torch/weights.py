@@ -1,4 +1,4 @@
-"""Canonical (framework-free) weights <-> ConfigurableGPT (nanoGPT checkpoints: modgpt.nanogpt).
+"""Canonical (framework-free) weights <-> the torch GPT (nanoGPT checkpoints: modgpt.nanogpt).
 
 Canonical names are the module paths (modgpt.weights); matrices are stored (in, out), so every
 nn.Linear weight is transposed on the way out and back in. A tied model has no lm_head tensor.

@@ -30,6 +30,8 @@ class TorchBackend:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         self.model = R.build_model(cfg.model, tensors).to(self.device)
+        from modgpt_torch.kernels import apply_kernels
+        self.kernels = apply_kernels(self.model, cfg, self.device.type)  # cfg.system.kernels
 
     def load(self, tensors: dict) -> None:
         from modgpt_torch.weights import load_canonical
@@ -110,7 +112,8 @@ class JaxBackend:
         self.cfg = cfg
         self.dev = jax.devices("gpu")[0] if device == "cuda" else jax.devices("cpu")[0]
         with self.eager():
-            self.tr = R.trainer(cfg, tensors, self.dev)
+            self.tr = R.trainer(cfg, tensors, self.dev)  # its Trainer applies cfg.system.kernels
+        self.kernels = self.tr.kernels
 
     def eager(self):
         """One-shot checks run op by op (jax.disable_jit): every primitive is compiled once per

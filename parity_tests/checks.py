@@ -25,7 +25,7 @@ from parity_tests.backends import JaxBackend, TorchBackend
 # weights (about 1-3), so clipping scales every step; the check fails if it did not trigger.
 TRAIN = dict(batch_size=4, learning_rate=3e-3, min_lr=3e-4, warmup_iters=10, lr_decay_iters=50,
              weight_decay=0.1, beta1=0.9, beta2=0.95, adam_eps=1e-8, grad_clip=0.25, seed=1337,
-             dtype="float32", dropout=0.0)
+             dtype="float32", dropout=0.0, kernels="reference")
 ADAMW_ITER = 7
 TRAJ_STEPS = 50
 GEN_NEW = 32
@@ -34,7 +34,7 @@ DROP_DRAWS = 16
 # Gradient-like tensors are compared relative to max(own scale, GRAD_FLOOR x the largest one):
 # see compare.worst (second moments, ~g^2, use GRAD_FLOOR^2).
 GRAD_FLOOR = 1e-3
-CHECKS = ("forward", "grads", "adamw", "generate", "bf16", "dropout", "roundtrip", "trajectory")
+CHECKS = ("forward", "grads", "adamw", "kernels", "generate", "bf16", "dropout", "roundtrip", "trajectory")
 
 
 def random_weights(m: C.ModelConfig, seed: int) -> dict[str, np.ndarray]:
@@ -56,7 +56,8 @@ def random_weights(m: C.ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def case_config(cfg: C.Config) -> C.Config:
-    """The case's model with the parity training settings."""
+    """The case's model with the parity training settings: the backends' reference models, which
+    the kernels check compares each backend's --kernels=auto with."""
     return cfg.replace(**TRAIN)
 
 
@@ -219,6 +220,33 @@ class Case:
         rows.append(X.Row(self.name, f"dropout{DROP_P}.mean_loss", d, d / se, X.TOL["dropout_z"],
                           bool(d / se <= X.TOL["dropout_z"]),
                           f"torch {b_.mean():.4f} jax {a.mean():.4f} (eval {ev:.4f}), {DROP_DRAWS} draws each"))
+        return rows
+
+    def check_kernels(self) -> list[X.Row]:
+        """--kernels=auto against the reference in each backend (the kernels this machine's auto
+        picks): logits, loss and gradients on one batch, then one AdamW step, at the cross-backend
+        tolerances (the same math, summed in another order)."""
+        x, y = self.batch(ADAMW_ITER)
+        rows = []
+        for ref in (self.torch, self.jax):
+            key = f"{ref.name}.auto"
+            if key not in self._b:
+                self._b[key] = type(ref)(self.cfg.replace(kernels="auto"), self.tensors, self.device)
+            fast = self._b[key]
+            ref.load(self.tensors)
+            tag = f"kernels.{ref.name}"
+            if not fast.kernels:
+                rows.append(X.Row(self.name, tag, 0.0, 0.0, 0.0, True, "no kernels on this device: the reference"))
+                continue
+            (lr, sr, gr), (lf, sf, gf) = ref.forward_grad(x, y), fast.forward_grad(x, y)
+            a, b = (r.train_steps(self.tensors, [(x, y)], [ADAMW_ITER]) for r in (fast, ref))
+            t = self.cfg.train
+            rows += [X.row(self.name, f"{tag}.logits", lf, lr, X.TOL["logits"], ",".join(fast.kernels)),
+                     X.row(self.name, f"{tag}.loss", sf, sr, X.TOL["loss"]),
+                     X.worst(self.name, f"{tag}.grads", gf, gr, X.TOL["grad"], GRAD_FLOOR),
+                     X.adamw_params(self.name, a["params"], b["params"], a["m"], b["m"], loop.lr_at(ADAMW_ITER, t),
+                                    t.beta1, t.adam_eps, X.TOL["adamw_param"])]
+            rows[-1].check = f"{tag}.adamw.params"
         return rows
 
     def check_roundtrip(self) -> list[X.Row]:

@@ -87,7 +87,7 @@ def test_both_backends_compute_nanogpts_logits(tmp_path, bias):
 
     from modgpt_jax.model import build
     from modgpt_jax.weights import load_canonical as jax_load
-    from modgpt_torch.model import ConfigurableGPT
+    from modgpt_torch.model import GPT
     from modgpt_torch.weights import load_canonical as torch_load
     ref = write_checkpoint(tmp_path / "ckpt.pt", bias)
     margs, state = nanogpt.read_checkpoint(str(tmp_path / "ckpt.pt"))
@@ -97,7 +97,7 @@ def test_both_backends_compute_nanogpts_logits(tmp_path, bias):
     x = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = ref(x).numpy()
-        tm = ConfigurableGPT(cfg.model).eval()
+        tm = GPT(cfg.model).eval()
         torch_load(tm, tensors)
         got_torch = tm(x)[0].numpy()
     jm = build(cfg.model, seed=3)

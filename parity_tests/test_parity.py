@@ -28,7 +28,7 @@ def _assert_rows(rows):
 # CI budget (2 CPU cores): every case runs the checks that pin the model's math (forward, grads,
 # AdamW step, round trip); the presets also run generation, bf16 and dropout in CI, every other case
 # runs those under -m slow. `python -m parity_tests --all` always runs everything.
-CORE = ("forward", "grads", "adamw", "roundtrip")
+CORE = ("forward", "grads", "adamw", "kernels", "roundtrip")
 
 
 def _param(n, c):

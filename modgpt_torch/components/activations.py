@@ -1,11 +1,7 @@
-"""Elementwise activations, as module classes taking no arguments.
-
-Each has `input_grad(dy, x)`: the gradient with respect to its input, computed by the same backward
-op autograd uses, for code that recomputes the activation in the backward pass (the gated FFN).
-"""
+"""Elementwise activations by name, as modules taking no arguments; gated FFNs take their gate from
+here too."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from modgpt.config import LEAKY_RELU_SLOPE
@@ -16,25 +12,11 @@ ACTIVATIONS = Registry("activation")
 
 @ACTIVATIONS.register("gelu")
 class GELU(nn.GELU):
-    """Exact (erf) GELU, the same as the JAX backend's."""
-
-    @staticmethod
-    def input_grad(dy, x):
-        return torch.ops.aten.gelu_backward(dy, x, approximate="none")
+    """Exact (erf) GELU, the JAX backend's too."""
 
 
-@ACTIVATIONS.register("silu")
-class SiLU(nn.SiLU):
-    @staticmethod
-    def input_grad(dy, x):
-        return torch.ops.aten.silu_backward(dy, x)
-
-
-@ACTIVATIONS.register("relu")
-class ReLU(nn.ReLU):
-    @staticmethod
-    def input_grad(dy, x):
-        return torch.ops.aten.threshold_backward(dy, x, 0)  # autograd passes relu(x): the same sign
+ACTIVATIONS.register("silu")(nn.SiLU)
+ACTIVATIONS.register("relu")(nn.ReLU)
 
 
 @ACTIVATIONS.register("leaky_relu")
@@ -43,7 +25,3 @@ class LeakyReLU(nn.LeakyReLU):
 
     def __init__(self):
         super().__init__(LEAKY_RELU_SLOPE)
-
-    @staticmethod
-    def input_grad(dy, x):
-        return torch.ops.aten.leaky_relu_backward(dy, x, LEAKY_RELU_SLOPE, False)

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from modgpt import config as C
 from modgpt.flops import count
 from modgpt.presets import PRESETS
-from modgpt_torch.model import ConfigurableGPT
+from modgpt_torch.model import GPT
 
 torch.set_num_threads(1)
 
@@ -31,7 +31,7 @@ torch.set_num_threads(1)
 def test_flops_match_flop_counter(preset, backend):
     cfg = C.from_flat({**PRESETS[preset], "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64,
                        "vocab_size": 65, "attention_backend": backend}).model
-    m = ConfigurableGPT(cfg)
+    m = GPT(cfg)
     B, T = 2, cfg.block_size
     x = torch.randint(0, cfg.vocab_size, (B, T))
     with FlopCounterMode(display=False) as fc:
@@ -53,7 +53,7 @@ def test_flops_match_flop_counter_grouped_query(extra, backend):
     head still scores every key (manual repeats the kv heads, then bmm's over all 4 heads)."""
     cfg = C.from_flat({**PRESETS["llama"], "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64,
                        "vocab_size": 65, "attention_backend": backend, **extra}).model
-    m = ConfigurableGPT(cfg)
+    m = GPT(cfg)
     B, T = 2, cfg.block_size
     x = torch.randint(0, cfg.vocab_size, (B, T))
     with FlopCounterMode(display=False) as fc:

@@ -1,5 +1,6 @@
-"""The torch backend keeps what modgpt.memory's floor says and no more; its memory-saving pieces
-(RMSNorm, the gated FFN product) compute the gradients autograd of the plain formula computes."""
+"""With its CPU kernels (--kernels=auto, modgpt_torch/kernels) the torch backend keeps what
+modgpt.memory's floor says and no more; the kernels (RMSNorm, the gated FFN product, the loss)
+compute the gradients autograd of the reference's plain formulas computes."""
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,9 @@ from modgpt import memory
 from modgpt.config import Config
 from modgpt.presets import PRESETS, SIZES
 from modgpt_torch.components.activations import ACTIVATIONS
-from modgpt_torch.components.ffn import _GatedProduct
-from modgpt_torch.components.norms import NORMS
+from modgpt_torch.kernels import apply_kernels
+from modgpt_torch.kernels.ffn import _GatedProduct
+from modgpt_torch.kernels.norms import LeanRMSNorm
 from modgpt_torch.model import build
 
 B, T, V = 4, 32, 65
@@ -50,6 +52,7 @@ def test_saved_activations_are_the_floor(preset, kw):
     c = cfg(preset, **kw)
     torch.manual_seed(0)
     model = build(c.model)
+    assert apply_kernels(model, c, "cpu")
     got = saved_bytes(model, torch.randint(0, V, (B, T)))
     e = memory.estimate(c)
     want = e.activations - e.head["logits_and_grad"] // 2
@@ -66,7 +69,7 @@ def test_rmsnorm_matches_autograd_of_the_formula():
     float32 rounding of a differently ordered sum, 2e-6 relative (a few ulps after a 64-element
     mean); the JAX backend uses the same written-out backward."""
     c = cfg("llama")
-    norm = NORMS.get("rmsnorm")(c.model)
+    norm = LeanRMSNorm(c.model)
     torch.manual_seed(0)
     with torch.no_grad():
         norm.weight.normal_()
@@ -108,6 +111,7 @@ def test_compiled_llama_matches_eager():
     c = cfg("llama")
     torch.manual_seed(0)
     model = build(c.model)
+    apply_kernels(model, c, "cpu")
     x = torch.randint(0, V, (B, T))
     _, loss = model(x, x)
     loss.backward()
@@ -125,14 +129,14 @@ def test_compiled_llama_matches_eager():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cross_entropy_matches_torch_and_keeps_the_logits_only(dtype, monkeypatch):
-    """components/loss.cross_entropy: F.cross_entropy(logits.float())'s loss and gradient, computed
+    """The blocked_cross_entropy kernel: F.cross_entropy(logits.float())'s loss and gradient, computed
     a block of rows at a time (several blocks here), keeping for the backward only the logits in
     their own dtype, the targets and one float32 log-sum-exp per row (F.cross_entropy kept the
     float32 log-probabilities: twice the logits' bytes in bf16). Tolerances: loss 1e-6 relative
     (one float32 log-sum-exp, summed in a different order); gradient 2e-5 of its largest entry:
     exp(x - lse) against exp(log_softmax(x)) differ by a few ulps of lse (measured 5e-6 at V 50304),
     and in bf16 both are rounded once to the logits' dtype, where one rounding may differ by an ulp."""
-    from modgpt_torch.components import loss as L
+    from modgpt_torch.kernels import loss as L
     N, V = 96, 1000
     monkeypatch.setattr(L, "BLOCK_ELEMENTS", 7 * V)  # 14 blocks, the last one short
     torch.manual_seed(0)
@@ -142,7 +146,7 @@ def test_cross_entropy_matches_torch_and_keeps_the_logits_only(dtype, monkeypatc
     (g_ref,) = torch.autograd.grad(ref, x)
     seen = []
     with torch.autograd.graph.saved_tensors_hooks(lambda s: seen.append(s) or s, lambda s: s):
-        got = L.cross_entropy(x, t)
+        got = L.BlockedCrossEntropy()(x, t)
     (g,) = torch.autograd.grad(got, x)
     assert got.dtype == torch.float32 and abs(got.item() - ref.item()) <= 1e-6 * ref.item()
     ulp = 0.0 if dtype == torch.float32 else 2.0 ** -8  # bf16: a rounding may land one ulp apart
@@ -150,3 +154,15 @@ def test_cross_entropy_matches_torch_and_keeps_the_logits_only(dtype, monkeypatc
     assert g.dtype == dtype and bool((err <= 2e-5 * big.max() + ulp * big).all()), err.max()
     kept = sum(s.numel() * s.element_size() for s in seen)
     assert kept == N * V * x.element_size() + N * 8 + N * 4, kept  # logits, int64 targets, lse
+
+
+def test_the_reference_keeps_more_than_the_kernels():
+    """The kernels are what holds the floor: the reference llama (autograd of the plain formulas)
+    keeps more for its backward than the same model with the CPU kernels swapped in."""
+    c = cfg("llama")
+    x = torch.randint(0, V, (B, T))
+    torch.manual_seed(0)
+    plain = build(c.model)
+    lean = build(c.model)
+    apply_kernels(lean, c, "cpu")
+    assert saved_bytes(plain, x) > 1.2 * saved_bytes(lean, x)

@@ -6,7 +6,7 @@ import torch
 
 from modgpt import config as C
 from modgpt import weights as W
-from modgpt_torch.model import ConfigurableGPT
+from modgpt_torch.model import GPT
 from modgpt_torch.weights import load_canonical, to_canonical
 
 torch.set_num_threads(1)
@@ -18,7 +18,7 @@ def test_canonical_round_trip_bit_exact(tmp_path, preset):
     from modgpt.presets import PRESETS
     cfg = C.from_flat({**PRESETS[preset], **TINY})
     torch.manual_seed(0)
-    a = ConfigurableGPT(cfg.model)
+    a = GPT(cfg.model)
     t = to_canonical(a)
     assert list(t) == list(W.canonical_shapes(cfg.model))
     assert all(v.dtype == np.float32 for v in t.values())
@@ -26,7 +26,7 @@ def test_canonical_round_trip_bit_exact(tmp_path, preset):
     t2, cfg2 = W.load(str(tmp_path / "w.safetensors"))
     assert cfg2 == cfg
     torch.manual_seed(1)
-    b = ConfigurableGPT(cfg2.model)
+    b = GPT(cfg2.model)
     load_canonical(b, t2)
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
@@ -36,7 +36,7 @@ def test_canonical_round_trip_bit_exact(tmp_path, preset):
 
 def test_load_canonical_rejects_bad_shapes():
     cfg = C.from_flat(TINY).model
-    t = to_canonical(ConfigurableGPT(cfg))
+    t = to_canonical(GPT(cfg))
     t["blocks.0.attn.qkv.weight"] = t["blocks.0.attn.qkv.weight"].T
     with pytest.raises(ValueError, match="blocks.0.attn.qkv.weight"):
-        load_canonical(ConfigurableGPT(cfg), t)
+        load_canonical(GPT(cfg), t)

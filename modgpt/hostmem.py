@@ -12,8 +12,9 @@ their outputs the same way on a smaller scale (3,000-15,000 page faults per step
 blocks and never to give freed memory back to the OS, so the block is reused from one step to the
 next. It must run before jax (or torch's OpenMP) creates its thread pool, i.e. before the first
 computation or device query: threads that already picked an arena keep it. Both backends' train
-entry points call it first thing. The cost is that the process keeps its peak
-heap size until it exits, which a training process does anyway.
+entry points call it first thing, for CPU runs only: that is where it was measured to help (a GPU
+run's steps allocate on the device). The cost is that the process keeps its peak heap size until it
+exits, which a training process does anyway.
 
 Opt out with MODGPT_HOST_MALLOC=default (or set MALLOC_ARENA_MAX / GLIBC_TUNABLES yourself).
 """
@@ -37,16 +38,20 @@ ALLOCATOR_ENV = ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
 _state: dict[str, object] = {"applied": None}
 
 
-def keep_freed_blocks() -> str:
-    """Apply the settings once; returns a short description for the run header
-    ('tuned', 'default (...)' saying why not)."""
+def keep_freed_blocks(device: str = "cpu") -> str:
+    """Apply the settings once, for a run on `device` (the --device option: auto asks
+    hardware.accelerator_visible, which imports no framework); returns a short description for the
+    report ('glibc: ...' or 'default (...)' saying why not)."""
     if _state["applied"] is not None:
         return str(_state["applied"])
-    _state["applied"] = _apply()
+    _state["applied"] = _apply(device)
     return str(_state["applied"])
 
 
-def _apply() -> str:
+def _apply(device: str) -> str:
+    from modgpt.hardware import accelerator_visible
+    if accelerator_visible(device)[0]:
+        return "default (a GPU run: the tuning helps CPU steps)"
     if os.environ.get(OPT_OUT, "").lower() == "default":
         return f"default ({OPT_OUT}=default)"
     if not sys.platform.startswith("linux"):

@@ -156,9 +156,9 @@ def table(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    hostmem.keep_freed_blocks()  # before jax starts its threads, as train.py does (modgpt/hostmem.py)
     args = cli.parse(argv, prog="python -m modgpt_jax.breakdown", extra_flags=FLAGS)
     cfg = args.config
+    hostmem.keep_freed_blocks(cfg.system.device)  # before jax starts its threads, as train.py does
     from modgpt_jax.distributed import pin_platform, platform_error
     pin_platform(cfg.system.device)
     if cfg.system.size == "auto":  # no dataset is read: auto would need one

@@ -10,7 +10,7 @@ from modgpt import data as D
 
 def main(argv=None) -> int:
     opt = commands.sample_settings("python -m modgpt_jax.sample", argv)
-    hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
+    hostmem.keep_freed_blocks(opt.device)  # before jax starts its threads (modgpt/hostmem.py)
     from modgpt_jax.distributed import pin_platform, platform_error
     pin_platform(opt.device)
     if (why := platform_error(opt.device)) is not None:

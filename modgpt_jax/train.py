@@ -195,7 +195,7 @@ def discard_setup(run, is_main: bool) -> None:
 
 def main(argv=None) -> int:
     args = cli.parse(argv, prog="python -m modgpt_jax.train")
-    hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
+    hostmem.keep_freed_blocks(args.config.system.device)  # before jax starts its threads (modgpt/hostmem.py)
     from modgpt_jax.distributed import maybe_initialize, pin_platform, platform_error
     pin_platform(args.config.system.device)
     multi = maybe_initialize()

@@ -18,7 +18,7 @@ PROG = "python -m modgpt_torch.train"
 # Run as a script: parse the command line before importing torch (~3 s), so a typo fails at once.
 PREPARSED = cli.parse(None, prog=PROG) if __name__ == "__main__" else None
 if __name__ == "__main__":
-    hostmem.keep_freed_blocks()  # before torch starts its threads (modgpt/hostmem.py)
+    hostmem.keep_freed_blocks(PREPARSED.config.system.device)  # before torch starts its threads (modgpt/hostmem.py)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -209,7 +209,7 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 def main(argv=None) -> int:
     args = PREPARSED if argv is None and PREPARSED is not None else cli.parse(argv, prog=PROG)
-    hostmem.keep_freed_blocks()
+    hostmem.keep_freed_blocks(args.config.system.device)
     mode = args.config.system.parallel
     d = P.Dist()
     run = None

@@ -71,7 +71,7 @@ def select(args) -> dict:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    hostmem.keep_freed_blocks()  # before jax starts its threads (modgpt/hostmem.py)
+    hostmem.keep_freed_blocks(args.device)  # before jax starts its threads (modgpt/hostmem.py)
     if args.seq_len < 256:
         parser().error(f"option '--seq_len' must be >= 256 (RoPE layout bugs hide on short sequences), "
                        f"got {args.seq_len}")

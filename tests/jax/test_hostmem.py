@@ -73,3 +73,14 @@ def test_freed_blocks_are_reused():
 def test_environment_allocator_is_left_alone():
     got = _probe(MALLOC_ARENA_MAX="4")
     assert got["mode"] == "default (the environment sets the allocator)"
+
+
+def test_gpu_runs_are_left_alone(monkeypatch):
+    """The tuning is for CPU steps, where it was measured: a run on a GPU (--device=cuda, or auto
+    with an accelerator visible) keeps glibc's defaults, and says so in its report."""
+    from modgpt import hardware, hostmem
+    assert hostmem._apply("cuda") == "default (a GPU run: the tuning helps CPU steps)"
+    monkeypatch.setattr(hardware, "accelerator_visible", lambda device: (True, "/dev/nvidia0 found"))
+    assert hostmem._apply("auto").startswith("default (a GPU run")
+    monkeypatch.setattr(hardware, "accelerator_visible", lambda device: (False, "none"))
+    assert hostmem._apply("auto").startswith("glibc")

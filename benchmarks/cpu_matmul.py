@@ -1,5 +1,5 @@
 """The linear layers' matmuls and one layer's attention on the CPU, JAX (XLA:CPU) against torch,
-shape by shape (docs/performance.md, "CPU target", sessions 12 and 13).
+shape by shape (history: docs/history/performance-notebook.md, "CPU target").
 
     python benchmarks/cpu_matmul.py [--n_embd 128] [--tokens 3072] [--block_size 256] [--n_head 4]
                                     [--rounds 5] [--calls 20] [--xla_option KEY=VALUE ...] [--json FILE]

@@ -1,4 +1,4 @@
-"""Host time per training step of the JAX loop, by part (docs/performance.md, "One step in flight").
+"""Host time per training step of the JAX loop, by part (docs/performance.md, "Host work between steps").
 
     python benchmarks/host_cost.py --preset=gpt2 --data_dir=data
 

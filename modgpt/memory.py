@@ -5,7 +5,7 @@
 (--batch_size: the sequences of one micro batch on one device; --shards: FSDP shards of the weights.)
 
 The estimate is the floor an implementation can reach without recomputing anything it did not
-choose to recompute (issue 8: peak device memory within 10% of it):
+choose to recompute (the target: peak device memory within 10% of it):
 
 - params: the float32 master weights; grads: one float32 gradient per weight (a second one, the
   accumulator, under gradient accumulation); optimizer: AdamW's two float32 moments;

@@ -90,14 +90,12 @@ def gated_update(tx: optax.GradientTransformation, grads, opt_state, params, lr,
     """(params, opt_state) after one AdamW step (make_optimizer) at learning rate lr where ok, else
     as they were (bit for bit; a zero moment may lose its sign).
 
-    Selecting the whole new state with where(ok, new, old) made XLA copy both AdamW moments at the
-    start of the step (every moment, live across the forward and backward: 6 MiB of the CPU gpt2
-    step, 1 GB at GPT-2 124M): it fused the moments' update into the parameters' update as well, so
-    that read the old moments after the selected ones had been written over them in the donated
-    buffers. Here the step is gated at its inputs instead: where not ok the moments' decays are 1 and
-    the gradients 0, so AdamW itself leaves them as they were, and the parameters' update reads the
-    moments it writes, one fusion as without the gate (docs/performance.md, Session 9). The scalar
-    state (step counts, hyperparameters) is selected."""
+    Selecting the whole new state with where(ok, new, old) makes XLA copy both AdamW moments at the
+    start of the step (they stay live across the forward and backward: 1 GB at GPT-2 124M), as it
+    fuses the moments' update into the parameters' update, which then reads the old moments after
+    the donated buffers hold the new ones. Gated at its inputs instead (where not ok the moments'
+    decays are 1 and the gradients 0), AdamW itself leaves them as they were, and the parameters'
+    update reads the moments it writes (docs/performance.md). The scalar state is selected."""
     hp = opt_state.hyperparams
     one = jnp.float32(1.0)
     gate = dict(hp, learning_rate=jnp.asarray(lr, jnp.float32), b1=jnp.where(ok, hp["b1"], one),

@@ -3,7 +3,7 @@
 Each adapter builds its model once per configuration from canonical tensors and is reused by every
 check (weights are reloaded and the optimizer reset between checks). Every result is numpy in the
 canonical names and (in, out) layout, so the checks compare dicts without knowing the framework.
-The training-step checks run each backend's own step: modgpt_torch.reference.train_step (the
+The training-step checks run each backend's own step: parity_tests/torch_side.train_step (the
 clip_grad_norm_ + AdamW sequence of modgpt_torch/train.py) and modgpt_jax.train.Trainer.step
 (the jitted step `python -m modgpt_jax.train` runs).
 """
@@ -23,7 +23,7 @@ class TorchBackend:
     def __init__(self, cfg: C.Config, tensors: dict, device: str = "cpu"):
         import torch
 
-        from modgpt_torch import reference as R
+        from parity_tests import torch_side as R
         self.torch, self.R = torch, R
         self.cfg, self.device = cfg, torch.device(device)
         if self.device.type == "cuda":  # fp32 parity means true fp32 matmuls (no TF32)
@@ -107,7 +107,7 @@ class JaxBackend:
     def __init__(self, cfg: C.Config, tensors: dict, device: str = "cpu"):
         import jax
 
-        from modgpt_jax import reference as R
+        from parity_tests import jax_side as R
         self.jax, self.R = jax, R
         self.cfg = cfg
         self.dev = jax.devices("gpu")[0] if device == "cuda" else jax.devices("cpu")[0]

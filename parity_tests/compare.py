@@ -20,8 +20,7 @@ O(1) weights, T = 256) and why:
   configurations) and rel <= 5e-2 (measured <= 2.2e-2). bf16 keeps 8 mantissa bits (relative step
   2^-8 = 3.9e-3) and the two backends round at different points (torch autocast keeps the residual
   stream and norms in fp32 and rounds matmul inputs; JAX computes in a bf16 copy of the weights, its
-  residual stream bf16 too: until session 7 its embedding promoted everything back to float32, and
-  the measured figures were half these), so elementwise agreement
+  residual stream bf16 too), so elementwise agreement
   is a few bf16 ulps of the largest logit; KL measures what matters, the predicted distributions,
   and is what a user would notice when sampling. bf16 loss 1e-2 and bf16 trajectory 2e-2 per step
   (--dtype bfloat16): a few bf16 ulps of a mean over B*T tokens.

@@ -49,7 +49,6 @@ def test_trajectory(parity_case, name):
 @pytest.mark.parametrize("base", K.BASES)
 def test_enumeration_covers_every_schema_value_on_both_bases(base):
     models = {cfg.model for cfg in ALL.values()}
-    ref = K.make(base)
     options = {o: C.CHOICES[o] for o in K.CHOICE_OPTIONS}
     options.update({o: (False, True) for o in K.BOOL_OPTIONS})
     options.update(K.VALUE_OPTIONS)

@@ -3,7 +3,6 @@
 written or overwritten in out_dir (or the data directory involved): each is snapshotted (path and
 sha256 of every file) before and after.
 """
-import json
 import os
 import shutil
 

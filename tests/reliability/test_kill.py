@@ -10,7 +10,6 @@ inside the save of iteration K with the temporary file/dir fully written but tru
 Random trials draw the point from random.Random(f"{backend}-{trial}") so a failure reproduces
 (backend and trial number are in the test id).
 """
-import os
 import random
 import signal
 import time

@@ -169,7 +169,7 @@ def test_next_step_is_launched_before_the_last_is_read(data_dir, tmp_path, monke
 
 def test_float16_skips_nonfinite_steps(data_dir, tmp_path):
     """float16 with --skip_nonfinite: a skipped step still closes GradScaler's unscale_/update cycle
-    (it used to raise "unscale_() has already been called" on the next step). lr 1e30 makes every
+    (else the next step raises "unscale_() has already been called"). lr 1e30 makes every
     step after the first non-finite."""
     out = str(tmp_path / "run")
     run("modgpt_torch.train", *TINY, "--dtype=float16", "--skip_nonfinite=True", "--learning_rate=1e30",

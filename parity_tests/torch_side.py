@@ -1,5 +1,5 @@
-"""Small functional entry points for the parity suite: build, loss+grads, one training step,
-all in the canonical (framework-free, numpy float32, matrices (in, out)) layout."""
+"""The parity suite's torch side: build, forward, gradients, one training step (train.py's
+sequence), all in the canonical (numpy float32, matrices (in, out)) layout. Imports no jax."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 from modgpt import config as C
 from modgpt import weights as W
 from modgpt_torch.model import GPT
-from modgpt_torch.weights import load_canonical, to_canonical
+from modgpt_torch.weights import load_canonical
 
 
 def build_model(m: C.ModelConfig, tensors: dict | None = None, seed: int = 0) -> GPT:
@@ -48,15 +48,6 @@ def canonical_grads(model) -> dict[str, np.ndarray]:
     return out
 
 
-def loss_and_grads(model, x, y) -> tuple[float, dict[str, np.ndarray]]:
-    """Mean cross-entropy on (x, y) int arrays (B, T) and its canonical gradients."""
-    model.zero_grad(set_to_none=True)
-    dev = next(model.parameters()).device
-    _, loss = model(_ids(x, dev), _ids(y, dev))
-    loss.backward()
-    return float(loss.item()), canonical_grads(model)
-
-
 def train_step(model, opt, x, y, t: C.TrainConfig, lr: float) -> tuple[float, float]:
     """One optimizer step as train.py takes it (no accumulation): (loss, pre-clip grad norm)."""
     for g in opt.param_groups:
@@ -74,14 +65,6 @@ def train_step(model, opt, x, y, t: C.TrainConfig, lr: float) -> tuple[float, fl
     norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
     opt.step()
     return float(loss.item()), float(norm.item())
-
-
-def adamw_step(m: C.ModelConfig, tensors: dict, x, y, t: C.TrainConfig, lr: float) -> dict[str, np.ndarray]:
-    """Canonical tensors after one fresh-AdamW step with clipping from `tensors` on batch (x, y)."""
-    model = build_model(m, tensors)
-    opt = make_optimizer(model, t, lr)
-    train_step(model, opt, x, y, t, lr)
-    return to_canonical(model)
 
 
 def to_numpy_canonical(model, per_param: dict) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
-"""Small functional entry points for the parity suite on the JAX side, all in the canonical
-(framework-free: numpy float32, matrices (in, out)) layout. Imports no torch.
+"""The parity suite's JAX side, all in the canonical (numpy float32, matrices (in, out)) layout.
+Imports no torch.
 
 The training-step checks go through `modgpt_jax.train.Trainer`, the object `python -m
 modgpt_jax.train` itself uses, so parity covers the real step (clipping, lr injection, weight-decay

@@ -32,7 +32,7 @@ def main() -> None:
     from modgpt import config as C
     from modgpt import data as D
     from modgpt.presets import PRESETS
-    from modgpt_jax.train import Trainer
+    from modgpt_jax.trainer import Trainer
     path = D.dataset_dir(a.data_dir, "shakespeare_char")
     if not os.path.isfile(os.path.join(path, "meta.json")):  # as the train commands do
         from modgpt.prepare import prepare
@@ -50,7 +50,7 @@ def main() -> None:
         t1 = time.perf_counter()
         h = tr.dispatch(x, y, it)
         t2 = time.perf_counter()
-        tr.collect(h)
+        h.read()
         fold.append(t1 - t0)
         disp.append(t2 - t1)
     wide = Trainer(cfg.replace(block_size=1024))

@@ -60,7 +60,8 @@ def measure(cfg: C.Config, iters: int = 10, warmup: int = 2) -> dict:
     from modgpt_jax import sharding as S
     from modgpt_jax import step as ST
     from modgpt_jax.model import cross_entropy
-    from modgpt_jax.train import Trainer, matmul_precision
+    from modgpt_jax.train import matmul_precision
+    from modgpt_jax.trainer import Trainer
 
     trainer = Trainer(cfg)
     t, m = cfg.train, cfg.model

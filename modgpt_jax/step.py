@@ -95,7 +95,8 @@ def gated_update(tx: optax.GradientTransformation, grads, opt_state, params, lr,
     fuses the moments' update into the parameters' update, which then reads the old moments after
     the donated buffers hold the new ones. Gated at its inputs instead (where not ok the moments'
     decays are 1 and the gradients 0), AdamW itself leaves them as they were, and the parameters'
-    update reads the moments it writes (docs/performance.md). The scalar state is selected."""
+    update reads the moments it writes (docs/performance.md). The scalar state is selected. The
+    hyperparameters are set in the state optax.inject_hyperparams keeps for that purpose."""
     hp = opt_state.hyperparams
     one = jnp.float32(1.0)
     gate = dict(hp, learning_rate=jnp.asarray(lr, jnp.float32), b1=jnp.where(ok, hp["b1"], one),

@@ -4,7 +4,7 @@ Each adapter builds its model once per configuration from canonical tensors and 
 check (weights are reloaded and the optimizer reset between checks). Every result is numpy in the
 canonical names and (in, out) layout, so the checks compare dicts without knowing the framework.
 The training-step checks run each backend's own step: parity_tests/torch_side.train_step (the
-clip_grad_norm_ + AdamW sequence of modgpt_torch/train.py) and modgpt_jax.train.Trainer.step
+clip_grad_norm_ + AdamW sequence of modgpt_torch/train.py) and modgpt_jax.trainer.Trainer.step
 (the jitted step `python -m modgpt_jax.train` runs).
 """
 from __future__ import annotations

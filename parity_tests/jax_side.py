@@ -1,7 +1,7 @@
 """The parity suite's JAX side, all in the canonical (numpy float32, matrices (in, out)) layout.
 Imports no torch.
 
-The training-step checks go through `modgpt_jax.train.Trainer`, the object `python -m
+The training-step checks go through `modgpt_jax.trainer.Trainer`, the object `python -m
 modgpt_jax.train` itself uses, so parity covers the real step (clipping, lr injection, weight-decay
 mask), not a re-implementation.
 """
@@ -26,7 +26,7 @@ def canonical_tree(m: C.ModelConfig, tree: dict, scanned: bool = False) -> dict[
 
 def trainer(cfg: C.Config, tensors: dict | None, device=None):
     """A Trainer on one device (mesh 1 x 1) loaded from canonical tensors."""
-    from modgpt_jax.train import Trainer
+    from modgpt_jax.trainer import Trainer
     dev = device if device is not None else jax.devices()[0]
     tr = Trainer(cfg.replace(mesh_data=1, mesh_fsdp=1), devices=[dev], seed=0)
     if tensors is not None:

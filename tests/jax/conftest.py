@@ -69,7 +69,7 @@ def _train_steps(cfg: Config, data: str, data_par: int, fsdp: int, steps: int):
     import jax
 
     from modgpt.data import BatchSampler
-    from modgpt_jax.train import Trainer
+    from modgpt_jax.trainer import Trainer
     cfg = cfg.replace(mesh_data=data_par, mesh_fsdp=fsdp)
     tr = Trainer(cfg, devices=jax.devices()[:data_par * fsdp])
     sampler = BatchSampler(data, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)

@@ -198,7 +198,7 @@ def test_trainer_builds_its_model_in_host_memory(tiny):
     import jax
     from flax import nnx
 
-    from modgpt_jax.train import Trainer, host_device
+    from modgpt_jax.trainer import Trainer, host_device
     with jax.default_device(jax.devices()[3]):
         tr = Trainer(tiny(), devices=jax.devices()[:1])
     arrays = jax.tree.leaves(nnx.state(tr.model))
@@ -208,30 +208,28 @@ def test_trainer_builds_its_model_in_host_memory(tiny):
 
 def test_next_step_is_dispatched_before_the_last_is_read(train_main, iter_losses, tmp_path, monkeypatch):
     """The loop keeps one step in flight: step it+1 is dispatched before step it's metrics are read
-    (Trainer.collect waits for the device), so an accelerator never idles while the host builds the
+    (LaunchedStep.read waits for the device), so an accelerator never idles while the host builds the
     next batch, dispatches (~2 ms of host time for GPT-2 124M's 452 arrays) and logs. The pending
     step is read before each evaluation/checkpoint, and every iteration is still logged once, in
     order."""
-    from modgpt_jax.train import Trainer
+    from modgpt_jax.trainer import LaunchedStep, Trainer
     trace = []
-    dispatch, collect, evaluate = Trainer.dispatch, Trainer.collect, Trainer.evaluate
+    launch, read, evaluate = Trainer.launch, LaunchedStep.read, Trainer.evaluate
 
-    def traced_dispatch(self, x, y, it):
+    def traced_launch(self, it, lr):
         trace.append(f"d{it}")
-        h = dispatch(self, x, y, it)
-        h["it"] = it
-        return h
+        return launch(self, it, lr)
 
-    def traced_collect(h):
-        trace.append(f"c{h['it']}")
-        return collect(h)
+    def traced_read(self):
+        trace.append(f"c{self.it}")
+        return read(self)
 
-    def traced_evaluate(self, sampler):
+    def traced_evaluate(self, sampler=None):
         trace.append("eval")
         return evaluate(self, sampler)
 
-    monkeypatch.setattr(Trainer, "dispatch", traced_dispatch)
-    monkeypatch.setattr(Trainer, "collect", staticmethod(traced_collect))
+    monkeypatch.setattr(Trainer, "launch", traced_launch)
+    monkeypatch.setattr(LaunchedStep, "read", traced_read)
     monkeypatch.setattr(Trainer, "evaluate", traced_evaluate)
     out = tmp_path / "run"
     assert train_main(out, "--max_iters=5", "--eval_interval=3", "--log_interval=1") == 0

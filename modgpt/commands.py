@@ -21,8 +21,19 @@ SAMPLE_FLAGS = {"start": "prompt text, or FILE:path to read it from a file (defa
                 "max_new_tokens": "tokens per sample (default 500)",
                 "temperature": "softmax temperature; 0 = greedy (default 0.8)",
                 "top_k": "sample from the k most likely tokens; 0 = all (default 200)"}
-EXPORT_FLAGS = {"to": "the .safetensors file to write (modgpt's canonical format)",
-                "overwrite": "replace the file if it exists"}
+EXPORT_FLAGS = {"to": "what to write: a .safetensors file (canonical) or a directory (hf)",
+                "format": "canonical (default: modgpt's safetensors file) or hf (a transformers model directory "
+                          "with config.json, model.safetensors and the tokenizer when known)",
+                "overwrite": "replace the file or directory if it exists"}
+EXPORT_FORMATS = ("canonical", "hf")
+
+
+@dataclass
+class ExportTarget:
+    out_dir: str
+    to: str
+    format: str  # one of EXPORT_FORMATS
+    overwrite: bool
 
 
 @dataclass
@@ -71,17 +82,55 @@ def sample_settings(prog: str, argv=None) -> Sampling:
                     args.config.train.seed, args.config.system.device)
 
 
-def export_target(prog: str, argv=None) -> tuple[str, str]:
-    """(out_dir, file to write) of an export command line, checked before anything is read: an
-    existing file is refused unless --overwrite."""
+def export_target(prog: str, argv=None) -> ExportTarget:
+    """What an export command line asks for, checked before anything is read: an existing file or
+    directory is refused unless --overwrite."""
     args = cli.parse(argv, prog=prog, extra_flags=EXPORT_FLAGS, options=EXPORT_OPTIONS)
     out_dir, to = args.config.train.out_dir, args.flags.get("to")
+    fmt = args.flags.get("format", "canonical")
+    if fmt not in EXPORT_FORMATS:
+        cli.fail(f"option '--format' must be one of {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
     if not out_dir or to is None or to is True:
-        cli.fail(f"give the run and the file: {prog} --out_dir=RUN --to FILE.safetensors")
-    to = cli.writable_file("to", str(to))
-    if os.path.exists(to) and args.flags.get("overwrite") not in (True, "True", "true", "1"):
+        what = "FILE.safetensors" if fmt == "canonical" else "DIR --format hf"
+        cli.fail(f"give the run and where to write: {prog} --out_dir=RUN --to {what}")
+    overwrite = args.flags.get("overwrite") in (True, "True", "true", "1")
+    if fmt == "canonical":
+        to = cli.writable_file("to", str(to))
+    else:
+        to = str(to)
+        if os.path.isfile(to):
+            cli.fail(f"option '--to': '{to}' is a file; --format hf writes a directory")
+        parent = os.path.dirname(os.path.abspath(to))
+        try:
+            if not os.path.isdir(parent):
+                raise NotADirectoryError(parent)
+            from modgpt.io import probe_writable
+            probe_writable(parent)
+        except OSError:
+            cli.fail(f"option '--to': cannot write '{to}' (no writable directory '{parent}')")
+    if os.path.exists(to) and not overwrite:
         cli.fail(f"'{to}' exists; pass --overwrite to replace it, or choose another --to")
-    return out_dir, to
+    return ExportTarget(out_dir, to, fmt, overwrite)
+
+
+def write_export(target: ExportTarget, tensors: dict, cfg: C.Config, iteration: int) -> None:
+    """Write an exported checkpoint (either format) and say what was written; an architecture that
+    transformers cannot express exits 2 with nothing written."""
+    from modgpt import weights as W
+    if target.format == "canonical":
+        W.save(target.to, tensors, cfg)
+        print(f"wrote {target.to} ({len(W.canonical_shapes(cfg.model))} tensors, iteration {iteration})")
+        return
+    from modgpt import hf
+    try:
+        hf.export_family(cfg.model)
+        tokenizer, note = hf.run_tokenizer(cfg)
+        files = hf.write_dir(target.to, tensors, cfg.model, cfg.model.dropout, tokenizer, target.overwrite)
+    except hf.HFError as e:
+        cli.fail(str(e))
+    print(f"wrote {target.to} ({', '.join(files)}; {hf.hf_config(cfg.model)['architectures'][0]}, "
+          f"iteration {iteration})")
+    print(note)
 
 
 def config_main(argv: list[str] | None = None) -> int:

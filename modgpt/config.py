@@ -17,7 +17,7 @@ from typing import Any
 # (tests/test_registries assert it), and the parity suite enumerates these lists.
 CHOICES: dict[str, tuple[str, ...]] = {
     "normalization": ("layernorm", "layernorm_nobias", "rmsnorm"),
-    "activation": ("gelu", "silu", "relu", "leaky_relu"),
+    "activation": ("gelu", "gelu_tanh", "silu", "relu", "leaky_relu"),
     "position_encoding": ("learned_absolute", "rope", "alibi", "none"),
     "attention_backend": ("sdpa", "manual"),
     "norm_position": ("pre", "post"),
@@ -30,6 +30,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # The registry kinds that both backends implement (a subset of CHOICES).
 COMPONENT_KINDS = ("normalization", "activation", "position_encoding", "attention_backend", "ffn_type")
+# nanoGPT's init_from names for OpenAI's GPT-2 checkpoints: here they mean hf:NAME
+HF_NANOGPT_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # leaky_relu's negative slope: fixed, the default of both torch.nn.LeakyReLU and jax.nn.leaky_relu.
 LEAKY_RELU_SLOPE = 0.01
 # Gated FFN hidden size = 8/3 * n_embd rounded up to a multiple of this (unless ffn_hidden is set).
@@ -86,7 +88,8 @@ class ModelConfig:
     vocab_size: int = opt(50304, "embedding rows; follows the data's vocabulary (padded to a multiple of 64) unless set")
     normalization: str = opt("layernorm", "norm layer (layernorm_nobias: no bias, nanoGPT's bias=False)")
     norm_eps: float = opt(1e-5, "epsilon of every norm")
-    activation: str = opt("gelu", "FFN activation (gelu is exact, erf); the gate of ffn_type=glu")
+    activation: str = opt("gelu", "FFN activation (gelu is exact, erf; gelu_tanh is GPT-2's tanh approximation); "
+                                           "the gate of ffn_type=glu")
     position_encoding: str = opt("learned_absolute", "positions: a learned table, rotary, ALiBi biases or none")
     rope_theta: float = opt(10000.0, "RoPE base frequency")
     attention_backend: str = opt("sdpa", "attention kernel: sdpa (fused/flash where available) or manual")
@@ -166,7 +169,8 @@ class TrainConfig:
     dataset: str = opt("shakespeare_char", "prepared dataset name under data_dir (python -m modgpt.prepare)")
     data_dir: str = opt("data", "directory holding prepared datasets")
     out_dir: str = opt("", "run directory; empty = runs/<time>-<backend>-<arch>")
-    init_from: str = opt("scratch", "scratch, resume (the run in out_dir), nanogpt:PATH (a nanoGPT ckpt.pt) "
+    init_from: str = opt("scratch", "scratch, resume (the run in out_dir), nanogpt:PATH (a nanoGPT ckpt.pt), "
+                                    "hf:NAME_OR_DIR (a transformers GPT-2 or Llama model; gpt2 = hf:gpt2) "
                                     "or FILE.safetensors (a canonical weights file)")
     keep_checkpoints: int = opt(3, "newest checkpoints kept")
     skip_nonfinite: bool = opt(False, "skip steps with a non-finite loss or gradient instead of stopping")
@@ -385,9 +389,10 @@ def validate(cfg: Config) -> None:
     if s.mesh_data == -1 and s.mesh_fsdp == -1:
         raise ConfigError("only one of mesh_data and mesh_fsdp may be -1")
     init = t.init_from
-    if not (init in ("scratch", "resume") or init.startswith("nanogpt:") or init.endswith(".safetensors")):
-        raise ConfigError(f"option 'init_from' must be scratch, resume, nanogpt:PATH or FILE.safetensors; "
-                          f"got '{init}'")
+    if not (init in ("scratch", "resume") or init.startswith(("nanogpt:", "hf:")) or init.endswith(".safetensors")
+            or init in HF_NANOGPT_NAMES):
+        raise ConfigError(f"option 'init_from' must be scratch, resume, nanogpt:PATH, hf:NAME_OR_DIR, "
+                          f"{', '.join(HF_NANOGPT_NAMES)} or FILE.safetensors; got '{init}'")
     if not t.dataset:
         raise ConfigError("option 'dataset' must not be empty")
 
@@ -396,8 +401,8 @@ def validate(cfg: Config) -> None:
 # Names and the summary tree.
 _POS = {"learned_absolute": "Learned", "rope": "RoPE", "alibi": "ALiBi", "none": "NoPE"}
 _NORM = {"layernorm": "LN", "layernorm_nobias": "LNnb", "rmsnorm": "RMS"}
-_ACT = {"gelu": "GELU", "silu": "SiLU", "relu": "ReLU", "leaky_relu": "LeakyReLU"}
-_GLU = {"gelu": "GeGLU", "silu": "SwiGLU", "relu": "ReGLU", "leaky_relu": "LeakyGLU"}
+_ACT = {"gelu": "GELU", "gelu_tanh": "GELUTanh", "silu": "SiLU", "relu": "ReLU", "leaky_relu": "LeakyReLU"}
+_GLU = {"gelu": "GeGLU", "gelu_tanh": "GeGLUTanh", "silu": "SwiGLU", "relu": "ReGLU", "leaky_relu": "LeakyGLU"}
 # (a name missing from these label tables appears in architecture names as itself)
 
 

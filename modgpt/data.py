@@ -1,4 +1,5 @@
-"""Tokenizers and the shared, seeded batch sampler over uint16 memmapped shards (numpy only).
+"""Tokenizers and the shared, seeded batch sampler over memmapped token files (numpy only): uint16,
+or uint32 for vocabularies past 65,535 (meta.json's token_dtype).
 
 The batch for (seed, split, iteration, micro_step) is a pure function of those numbers, so both
 backends see identical batches and a resumed run continues with exactly the batches an
@@ -47,16 +48,28 @@ def load_meta(path_dir: str) -> dict:
     return meta
 
 
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The narrowest token file type that holds every id of the vocabulary."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
 def open_split(path_dir: str, split: str, meta: dict) -> np.memmap:
     p = os.path.join(path_dir, f"{split}.bin")
     if not os.path.isfile(p):
         raise DataError(f"'{p}' is missing; re-run `{prepare_command(path_dir)}`")
+    name = meta.get("token_dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise DataError(f"meta.json in '{path_dir}' has token_dtype '{name}'; valid: {', '.join(TOKEN_DTYPES)}")
+    dtype = np.dtype(TOKEN_DTYPES[name])
     want = meta[f"{split}_tokens"]
     size = os.path.getsize(p)
-    if size != 2 * want:
-        raise DataError(f"'{p}' has {size} bytes but meta.json says {want} uint16 tokens "
-                        f"({2 * want} bytes): truncated or corrupt; re-run `{prepare_command(path_dir)}`")
-    return np.memmap(p, dtype=np.uint16, mode="r")
+    if size != dtype.itemsize * want:
+        raise DataError(f"'{p}' has {size} bytes but meta.json says {want} {name} tokens "
+                        f"({dtype.itemsize * want} bytes): truncated or corrupt; re-run `{prepare_command(path_dir)}`")
+    return np.memmap(p, dtype=dtype, mode="r")
 
 
 class BatchSampler:
@@ -106,13 +119,22 @@ class BatchSampler:
 # ---------------------------------------------------------------------------------------------
 # Tokenizers: encode/decode from meta.json, used by prepare and sample.
 
-def get_tokenizer(meta: dict):
+TOKENIZER_DIR = "tokenizer"  # a prepared dataset's copy of its Hugging Face tokenizer's files
+
+
+def get_tokenizer(meta: dict, path_dir: str | None = None):
+    """The tokenizer of prepared data (path_dir: the dataset's directory, where an hf tokenizer's
+    files were copied)."""
     kind = meta["tokenizer"]
     if kind == "char":
         return CharTokenizer(meta["chars"])
     if kind == "gpt2":
         return GPT2Tokenizer()
-    raise DataError(f"unknown tokenizer '{kind}' in meta.json; valid: char, gpt2")
+    if kind == "hf":
+        if path_dir is None:
+            raise DataError("an hf tokenizer needs its dataset directory")
+        return HFTokenizer(os.path.join(path_dir, TOKENIZER_DIR), meta.get("tokenizer_source", "hf"))
+    raise DataError(f"unknown tokenizer '{kind}' in meta.json; valid: char, gpt2, hf")
 
 
 class CharTokenizer:
@@ -155,18 +177,45 @@ class GPT2Tokenizer:
         return self.enc.decode([int(i) for i in ids])
 
 
+class HFTokenizer:
+    """A Hugging Face tokenizer (the `tokenizers` library) from a directory's tokenizer.json."""
+
+    def __init__(self, directory: str, source: str = ""):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise DataError("hf tokenizers need the tokenizers package: pip install tokenizers") from None
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise DataError(f"'{directory}' has no tokenizer.json ({source or 'hf tokenizer'}: modgpt reads the "
+                            f"fast-tokenizer file; save it with save_pretrained from transformers)")
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:
+            raise DataError(f"'{path}' is not a readable tokenizer ({e})") from None
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.directory = directory
+
+    def encode(self, s: str) -> list[int]:
+        return self.tok.encode(s, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
 def end_sample_plan(data_dir: str, dataset: str, max_chars: int = 200):
     """(tokenizer, prompt ids, new tokens, data vocab) for the short sample a finished run prints.
 
-    None when the dataset has no text tokenizer (only char and gpt2 BPE data decode to text). A char
-    is one token; a GPT-2 BPE token averages about 4 characters of English, so ~max_chars/3 tokens.
+    None when the dataset's tokenizer cannot be loaded. A char is one token; a BPE token averages
+    about 4 characters of English, so ~max_chars/3 tokens.
     """
     try:
         meta = load_meta(dataset_dir(data_dir, dataset))
-        tok = get_tokenizer(meta)
+        tok = get_tokenizer(meta, dataset_dir(data_dir, dataset))
     except DataError:
-        return None
-    if meta.get("tokenizer") not in ("char", "gpt2"):
         return None
     n_new = max_chars if meta["tokenizer"] == "char" else max(1, max_chars // 3)
     return tok, tok.encode("\n"), n_new, int(meta["vocab_size"])

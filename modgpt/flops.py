@@ -22,7 +22,7 @@ from modgpt.config import ModelConfig
 
 # Rough non-matmul FLOPs per element, forward pass (estimates, shown separately; backward ~2x).
 NORM_FLOPS = {"layernorm": 8, "layernorm_nobias": 7, "rmsnorm": 5}
-ACT_FLOPS = {"gelu": 8, "silu": 4, "relu": 1, "leaky_relu": 2}
+ACT_FLOPS = {"gelu": 8, "gelu_tanh": 9, "silu": 4, "relu": 1, "leaky_relu": 2}
 ROPE_FLOPS = 3  # per rotated element: two multiplies and an add
 SOFTMAX_FLOPS = 5  # per score: max, sub, exp, sum, div
 ALIBI_FLOPS = 1  # per score: the bias add

@@ -1,11 +1,11 @@
-"""--init_from=FILE.safetensors | nanogpt:PATH, read before setup so that the file fixes the
+"""--init_from=FILE.safetensors | nanogpt:PATH | hf:NAME_OR_DIR, read before setup so that the file fixes the
 architecture. Both train commands share this, so both take the same files the same way."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 from modgpt import config as C
-from modgpt import nanogpt
+from modgpt import hf, nanogpt
 from modgpt import weights as W
 from modgpt.loop import SetupError
 from modgpt.presets import SIZES
@@ -20,6 +20,7 @@ class Source:
     path: str
     tensors: dict  # canonical name -> float32 numpy array
     model: C.ModelConfig  # the architecture the file holds
+    hf_dir: str | None = None  # the transformers model directory of an hf: source (its tokenizer files)
 
 
 def preload(args) -> Source | None:
@@ -32,6 +33,22 @@ def preload(args) -> Source | None:
         given = {k: getattr(args.config.model, k) for k in args.explicit if C.KEY_SECTION[k] == "model"}
         model = C.from_flat(nanogpt.model_config(margs, given)).model
         tensors = nanogpt.to_canonical(state, model, f"nanoGPT checkpoint '{path}'")
+    elif hf.spec_of(init) is not None:
+        spec = hf.spec_of(init)
+        path = f"hf:{spec}"
+        # the checkpoint's context is a maximum: a run may train on shorter sequences (learned
+        # positions keep their first rows, as nanoGPT's crop_block_size does)
+        crop = args.config.model.block_size if "block_size" in args.explicit else None
+        try:
+            tensors, flat, directory = hf.load(spec, crop)
+        except hf.HFError as e:
+            raise SetupError(str(e)) from None
+        if crop is not None and crop > flat["block_size"]:
+            raise SetupError(f"{path} holds a context of {flat['block_size']} tokens but the run asks for "
+                             f"--block_size={crop}; pass at most {flat['block_size']}")
+        model = C.from_flat(flat).model
+        adopt(args, model, path)
+        return Source(path, tensors, model, directory)
     elif init.endswith(".safetensors"):
         path = init
         tensors, cfg = W.load(path)

@@ -58,7 +58,7 @@ def fsync_dir(d: str) -> None:
 
 def write_text(path: str, text: str) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
 

@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     from modgpt_jax.inference import generate, load_model
     try:
         model, cfg, meta = load_model(opt.out_dir)
-        tok = D.get_tokenizer(D.load_meta(D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)))
+        data = D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
+        tok = D.get_tokenizer(D.load_meta(data), data)
         ids = tok.encode(opt.start)
     except (CheckpointError, D.DataError) as e:
         if isinstance(e, CheckpointError):

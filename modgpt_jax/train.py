@@ -144,7 +144,7 @@ def train(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop: Sto
     attention = K.describe_attention(cfg.model, t.dtype, trainer.kernels)
     if is_main:
         print(report.startup_report(run, BACKEND, dev.device_kind, n_dev, precision, peak, par,
-                                    extra={"mesh": dict(trainer.mesh.shape), "kernels": K.describe(trainer.kernels),
+                                    extra={"mesh": dict(trainer.mesh.shape), "init": t.init_from, "kernels": K.describe(trainer.kernels),
                                            "attention": attention, "host malloc": hostmem.keep_freed_blocks()}),
               flush=True)
     versions = dict(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         cli.fail(f"device={opt.device} but no CUDA device is available; use --device=cpu")
     try:
         model, cfg, ck = CK.load_model(opt.out_dir, device=device)
-        tok = D.get_tokenizer(D.load_meta(D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)))
+        data = D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
+        tok = D.get_tokenizer(D.load_meta(data), data)
         ids = tok.encode(opt.start)
     except (CK.CheckpointError, D.DataError) as e:
         cli.fail(str(e))

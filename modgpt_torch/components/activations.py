@@ -15,6 +15,14 @@ class GELU(nn.GELU):
     """Exact (erf) GELU, the JAX backend's too."""
 
 
+@ACTIVATIONS.register("gelu_tanh")
+class GELUTanh(nn.GELU):
+    """GPT-2's tanh-approximated GELU (transformers' gelu_new), the JAX backend's too."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+
 ACTIVATIONS.register("silu")(nn.SiLU)
 ACTIVATIONS.register("relu")(nn.ReLU)
 

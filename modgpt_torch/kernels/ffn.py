@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 
 from modgpt.config import LEAKY_RELU_SLOPE
-from modgpt_torch.components.activations import GELU, LeakyReLU
+from modgpt_torch.components.activations import GELU, GELUTanh, LeakyReLU
 from modgpt_torch.components.ffn import GLU, SwiGLU
 
 # activation class -> its input gradient by the backward op autograd itself uses: (dy, x) -> dx
 INPUT_GRAD = {
     GELU: lambda dy, x: torch.ops.aten.gelu_backward(dy, x, approximate="none"),
+    GELUTanh: lambda dy, x: torch.ops.aten.gelu_backward(dy, x, approximate="tanh"),
     nn.SiLU: torch.ops.aten.silu_backward,
     nn.ReLU: lambda dy, x: torch.ops.aten.threshold_backward(dy, x, 0),  # autograd passes relu(x): the same sign
     LeakyReLU: lambda dy, x: torch.ops.aten.leaky_relu_backward(dy, x, LEAKY_RELU_SLOPE, False),

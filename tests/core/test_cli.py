@@ -117,7 +117,7 @@ def test_help_describes_every_option(capsys):
 
 @pytest.mark.parametrize("module,only,flags", [
     ("sample", {"out_dir", "device", "seed"}, {"start", "num_samples", "max_new_tokens", "temperature", "top_k"}),
-    ("export", {"out_dir"}, {"to", "overwrite"}),
+    ("export", {"out_dir"}, {"to", "format", "overwrite"}),
 ])
 def test_sample_and_export_list_only_their_options(module, only, flags, capsys):
     """sample/export read the run's own config: --help lists only what they take, the same in both

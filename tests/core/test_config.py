@@ -27,7 +27,7 @@ def test_every_preset_and_size_is_valid(preset, size):
 @pytest.mark.parametrize("flat, pattern", [
     ({"n_layr": 2}, r"unknown option 'n_layr' \(did you mean 'n_layer'\?\)"),
     ({"normalization": "rmsnrom"}, r"must be one of layernorm, layernorm_nobias, rmsnorm; got 'rmsnrom' \(did you mean 'rmsnorm'\?\)"),
-    ({"activation": "tanh"}, r"option 'activation' must be one of gelu, silu, relu, leaky_relu"),
+    ({"activation": "tanh"}, r"option 'activation' must be one of gelu, gelu_tanh, silu, relu, leaky_relu"),
     ({"position_encoding": "xpos"}, r"'position_encoding' must be one of learned_absolute, rope, alibi, none"),
     ({"n_head": 12, "n_kv_head": 5}, r"option 'n_kv_head' must divide n_head \(12\): got 5; "
                                      r"valid: 1, 2, 3, 4, 6, 12 \(0 = n_head\)"),
@@ -46,7 +46,8 @@ def test_every_preset_and_size_is_valid(preset, size):
     ({"min_lr": 1.0, "learning_rate": 0.1}, r"min_lr .* must not exceed learning_rate"),
     ({"dtype": "fp8"}, r"option 'dtype' must be one of float32, bfloat16, float16"),
     ({"parallel": "tp"}, r"option 'parallel' must be one of none, ddp, zero1, fsdp"),
-    ({"init_from": "gpt2-xl"}, r"init_from' must be scratch, resume, nanogpt:PATH or FILE.safetensors"),
+    ({"init_from": "gpt2-xxl"}, r"init_from. must be scratch, resume, nanogpt:PATH, hf:NAME_OR_DIR, gpt2, gpt2-medium, "
+                                 r"gpt2-large, gpt2-xl or FILE.safetensors; got .gpt2-xxl."),
     ({"mesh_data": -1, "mesh_fsdp": -1}, r"only one of mesh_data and mesh_fsdp may be -1"),
     ({"size": "huge"}, r"option 'size' must be one of"),
 ])

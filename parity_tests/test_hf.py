@@ -234,3 +234,11 @@ def test_data_tokenized_with_an_hf_tokenizer_trains_samples_and_exports_it(run_c
     r = run_cli("modgpt_torch.export", f"--out_dir={run}", "--to", str(tmp_path / "out"), "--format", "hf")
     assert r.returncode == 0 and "tokenizer: hf:" in r.stdout, r.stderr[-2000:]
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    # a run whose data is not here, started from an hf: model, exports that model's tokenizer
+    cfg = C.from_flat({"n_layer": 1, "n_head": 2, "n_embd": 16, "vocab_size": 50304, "init_from": f"hf:{tmp_path / 'tok'}",
+                       "data_dir": str(tmp_path / "elsewhere"), "dataset": "text"})
+    write, note = hf.run_tokenizer(cfg)
+    assert note == f"tokenizer: hf:{tmp_path / 'tok'}'s (the model the run started from), copied"
+    (tmp_path / "copy").mkdir()
+    write(str(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()

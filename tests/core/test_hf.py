@@ -171,3 +171,18 @@ def test_prepare_refuses_a_tokenizer_without_tokenizer_json(tmp_path, shakespear
     code = main(["text", "--input", shakespeare_path, "--tokenizer", f"hf:{tmp_path / 'tok'}",
                  "--data_dir", str(tmp_path / "data"), "--no_progress"])
     assert code == 2 and not (tmp_path / "data" / "text" / "meta.json").exists()
+
+
+def test_an_unreachable_hub_name_is_one_line_naming_what_to_do(tmp_path):
+    """Offline (HF_HUB_OFFLINE, an empty cache), a Hub name fails in one line that says how to get the
+    files onto this machine; nothing is downloaded or written."""
+    import subprocess
+    import sys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    code = "from modgpt import hf\ntry:\n    hf.locate('someorg/somemodel')\nexcept hf.HFError as e:\n    print(e)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    line = r.stdout.strip()
+    pytest.importorskip("huggingface_hub")
+    assert line.startswith("could not fetch hf:someorg/somemodel from the Hugging Face Hub (") and "\n" not in line
+    assert line.endswith("offline, download it where there is network (`hf download someorg/somemodel`), copy the "
+                         "directory here and pass hf:/path/to/it"), line

@@ -195,7 +195,7 @@ def test_alibi_bias_values(n_head, slopes):
 def test_glu_gates_with_every_activation(act):
     """ffn_type=glu: proj(act(gate(x)) * fc(x)) with the registered activation (GeGLU, ReGLU, ...)."""
     import torch.nn.functional as F
-    ref = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu,
+    ref = {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "silu": F.silu, "relu": F.relu,
            "leaky_relu": lambda t: F.leaky_relu(t, C.LEAKY_RELU_SLOPE)}[act]
     torch.manual_seed(0)
     ffn = GPT(tiny(ffn_type="glu", activation=act)).blocks[0].ffn

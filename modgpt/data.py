@@ -1,5 +1,6 @@
 """Tokenizers and the shared, seeded batch sampler over memmapped token files (numpy only): uint16,
-or uint32 for vocabularies past 65,535 (meta.json's token_dtype).
+or uint32 for vocabularies past 65,535 (meta.json's token_dtype); one train.bin / val.bin, or the
+shards modgpt.shards writes, read as one array per split.
 
 The batch for (seed, split, iteration, micro_step) is a pure function of those numbers, so both
 backends see identical batches and a resumed run continues with exactly the batches an
@@ -28,9 +29,9 @@ def prepare_command(path_dir: str) -> str:
     """The command that (re)writes the dataset in path_dir: a whole command line, whatever command
     reports the problem (train, sample, prepare)."""
     name, data_dir = os.path.basename(path_dir), os.path.dirname(path_dir) or "."
-    if name in ("shakespeare_char", "shakespeare"):
+    if name in ("shakespeare_char", "shakespeare", "fineweb-edu", "openwebtext"):
         return f"python -m modgpt.prepare {name} --data_dir {data_dir}"
-    return f"python -m modgpt.prepare text --input FILE ... --data_dir {data_dir}, then name the result {path_dir}"
+    return f"python -m modgpt.prepare text --input FILE ... --name {name} --data_dir {data_dir}"
 
 
 def load_meta(path_dir: str) -> dict:
@@ -56,20 +57,50 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
-def open_split(path_dir: str, split: str, meta: dict) -> np.memmap:
-    p = os.path.join(path_dir, f"{split}.bin")
+def _token_file(path_dir: str, p: str, want: int, name: str) -> np.memmap:
     if not os.path.isfile(p):
         raise DataError(f"'{p}' is missing; re-run `{prepare_command(path_dir)}`")
-    name = meta.get("token_dtype", "uint16")
-    if name not in TOKEN_DTYPES:
-        raise DataError(f"meta.json in '{path_dir}' has token_dtype '{name}'; valid: {', '.join(TOKEN_DTYPES)}")
     dtype = np.dtype(TOKEN_DTYPES[name])
-    want = meta[f"{split}_tokens"]
     size = os.path.getsize(p)
     if size != dtype.itemsize * want:
         raise DataError(f"'{p}' has {size} bytes but meta.json says {want} {name} tokens "
                         f"({dtype.itemsize * want} bytes): truncated or corrupt; re-run `{prepare_command(path_dir)}`")
     return np.memmap(p, dtype=dtype, mode="r")
+
+
+class ShardedTokens:
+    """A split's shards read as one array: len() and [start:stop] windows, a window across a shard
+    boundary joined from both. The same tokens give the same windows as one train.bin would."""
+
+    def __init__(self, parts: list[np.memmap]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        start, stop, _ = sl.indices(len(self))
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            lo = start - int(self.starts[i])
+            take = min(stop - start, len(self.parts[i]) - lo)
+            pieces.append(self.parts[i][lo:lo + take])
+            start += take
+            i += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def open_split(path_dir: str, split: str, meta: dict):
+    """A split's tokens (a memmap, or ShardedTokens over the shards), each file checked against meta."""
+    name = meta.get("token_dtype", "uint16")
+    if name not in TOKEN_DTYPES:
+        raise DataError(f"meta.json in '{path_dir}' has token_dtype '{name}'; valid: {', '.join(TOKEN_DTYPES)}")
+    if "shards" in meta:
+        return ShardedTokens([_token_file(path_dir, os.path.join(path_dir, s["file"]), s["tokens"], name)
+                              for s in meta["shards"][split]])
+    return _token_file(path_dir, os.path.join(path_dir, f"{split}.bin"), meta[f"{split}_tokens"], name)
 
 
 class BatchSampler:

@@ -233,3 +233,8 @@ def fault(point: str, it: int, partial: str | None = None) -> None:
             return
         while True:
             time.sleep(3600)
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -60,17 +60,17 @@ class SetupError(RuntimeError):
 
 def ensure_data(cfg: C.Config, verbose: bool = True) -> str:
     """The dataset directory; shakespeare datasets are prepared automatically when missing."""
-    from modgpt.prepare import DATASETS, prepare
+    from modgpt.prepare import prepare
     path = D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
     if not os.path.isfile(os.path.join(path, "meta.json")):
-        if cfg.train.dataset in DATASETS and cfg.train.dataset != "text":
+        # Tiny Shakespeare takes seconds; a web corpus takes hours and is prepared on purpose
+        if cfg.train.dataset in ("shakespeare_char", "shakespeare"):
             if verbose:  # stdout: stderr is kept for the one-line error if preparing fails
                 print(f"data: '{path}' not prepared yet; preparing {cfg.train.dataset} now", flush=True)
             prepare(cfg.train.dataset, data_dir=cfg.train.data_dir, progress=verbose)
         else:
             raise D.DataError(f"no prepared data for dataset '{cfg.train.dataset}' in '{path}'; run "
-                              f"`python -m modgpt.prepare text --input FILE --data_dir {cfg.train.data_dir}` "
-                              f"and move the result there, or pick --dataset=shakespeare_char")
+                              f"`{D.prepare_command(path)}`, or pick --dataset=shakespeare_char")
     return path
 
 

@@ -56,6 +56,16 @@ def summary_tree(cfg: C.Config, params: int | None = None, flops_per_token: floa
     return "\n".join(lines)
 
 
+def data_line(run) -> str:
+    """The dataset: tokenizer, vocabulary, its tokens (in how many shards) and the epochs the run covers."""
+    m, cfg = run.meta, run.cfg
+    n_shards = len(m["shards"]["train"]) + len(m["shards"]["val"]) if "shards" in m else 0
+    where = f", {n_shards} shards" if n_shards else ""
+    epochs = tokens_per_iter(cfg) * cfg.train.max_iters / max(1, m["train_tokens"])
+    return (f"{run.data_path} ({m['tokenizer']}, vocab {m['vocab_size']}, {m['train_tokens']:,} train / "
+            f"{m['val_tokens']:,} val tokens{where}); the run covers {epochs:.3g} epochs")
+
+
 def startup_report(run: Run, backend: str, device_name: str, n_devices: int, precision: str,
                    peak: float | None, parallel_desc: str, extra: dict | None = None) -> str:
     """The report both backends print before training."""
@@ -70,8 +80,7 @@ def startup_report(run: Run, backend: str, device_name: str, n_devices: int, pre
         ("parallel", parallel_desc),
         ("tokens/iter", f"{tokens_per_iter(cfg):,} (batch {cfg.train.batch_size} x accum "
                         f"{cfg.train.gradient_accumulation_steps} x block {cfg.model.block_size})"),
-        ("data", f"{run.data_path} ({run.meta['tokenizer']}, vocab {run.meta['vocab_size']}, "
-                 f"{run.meta['train_tokens']:,} train tokens)"),
+        ("data", data_line(run)),
         ("schedule", schedule_line(cfg.train, run.schedule or {})),
         ("memory floor", MEM.summary(MEM.for_run(cfg, backend, n_devices))),
         ("out_dir", run.out_dir + ("  (resuming)" if run.resume else "")),

@@ -128,7 +128,7 @@ def _big_word_tokenizer(directory, n_words: int, text: str) -> int:
     """A word-level tokenizer.json whose vocabulary passes uint16 (filler words w0..w{n}); returns its size."""
     tokenizers = pytest.importorskip("tokenizers")
     words = sorted(set(text.split()))
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(words)}}
     for i in range(n_words):
         vocab.setdefault(f"w{i}", len(vocab))
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
@@ -145,12 +145,16 @@ def test_hf_tokenizer_writes_uint32_tokens_that_the_sampler_reads(tmp_path, shak
     from modgpt.prepare import prepare
     text = open(shakespeare_path, encoding="utf-8").read()[:20000]
     vocab = _big_word_tokenizer(tmp_path / "tok", 70000, text)
-    src = tmp_path / "in.txt"
-    src.write_text(text + " w69999 w65536" * 200)
-    out = prepare("text", [str(src)], f"hf:{tmp_path / 'tok'}", str(tmp_path / "data"), 0.5, progress=False)
+    src = tmp_path / "in.jsonl"
+    lines = [p for p in text.split("\n\n") if p.strip()] + ["w69999 w65536 " * 20] * 20
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    out = prepare("text", [str(src)], f"hf:{tmp_path / 'tok'}", str(tmp_path / "data"), 0.5, progress=False,
+                  workers=1)
     meta = D.load_meta(out)
     assert (meta["tokenizer"], meta["token_dtype"], meta["vocab_size"]) == ("hf", "uint32", vocab) and vocab > 65536
-    assert os.path.getsize(os.path.join(out, "val.bin")) == 4 * meta["val_tokens"]
+    assert meta["eot_token"] == 1  # its </s> ends each document
+    val_files = [os.path.join(out, s["file"]) for s in meta["shards"]["val"]]
+    assert sum(os.path.getsize(f) for f in val_files) == 4 * meta["val_tokens"]
     tok = D.get_tokenizer(meta, out)
     big = tok.encode("w69999 w65536")
     assert min(big) > 65535 and tok.decode(big) == "w69999 w65536"
@@ -158,7 +162,7 @@ def test_hf_tokenizer_writes_uint32_tokens_that_the_sampler_reads(tmp_path, shak
     x, _ = s.get("val", 0)
     assert x.max() > 65535 and set(np.unique(x)) <= set(range(vocab))
     # a file of the wrong size for its type is caught
-    with open(os.path.join(out, "val.bin"), "ab") as f:
+    with open(val_files[0], "ab") as f:
         f.write(b"\0\0")
     with pytest.raises(D.DataError, match="uint32 tokens"):
         D.BatchSampler(out, block_size=16, batch_size=4, seed=0)

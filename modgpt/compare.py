@@ -28,7 +28,7 @@ PLOTS = (("step", "step", "iteration"), ("tokens", "tokens", "tokens seen"),
          ("flops", "flops", "training FLOPs (tokens x FLOPs/token)"), ("time", "time", "wall-clock seconds"))
 # CSV columns: Run attribute names (raw numbers, machine-readable), "run" being the name.
 CSV_COLS = ("run", "status", "backend", "arch_name", "params", "flops_per_token", "iters", "tokens", "train_loss",
-            "best_val_loss", "delta", "delta_pct", "tokens_per_sec", "mfu", "peak_mem_bytes", "wall_time",
+            "best_val_loss", "best_val_bpb", "delta", "delta_pct", "tokens_per_sec", "mfu", "peak_mem_bytes", "wall_time",
             "train_flops", "dir")
 
 
@@ -51,6 +51,7 @@ class Run:
     train_loss: float | None = None
     best_val_loss: float | None = None
     best_val_iter: int | None = None
+    best_val_bpb: float | None = None  # bits per byte: comparable across tokenizers
     tokens_per_sec: float | None = None
     mfu: float | None = None
     peak_mem_bytes: int | None = None
@@ -61,6 +62,7 @@ class Run:
     delta_pct: float | None = None
     train_curve: list = field(default_factory=list)  # (step, tokens, elapsed_s, loss)
     val_curve: list = field(default_factory=list)
+    bpb_curve: list = field(default_factory=list)  # (step, tokens, elapsed_s, val_bpb)
 
     @property
     def train_flops(self) -> float | None:
@@ -156,6 +158,10 @@ def load_run(run_dir: str) -> Run:
                 run.val_curve.append((it, tok, elapsed, val))
             if _finite(val) is not None and (run.best_val_loss is None or val < run.best_val_loss):
                 run.best_val_loss, run.best_val_iter = val, it
+            bpb = _finite(_num(r.get("val_bpb")))
+            if bpb is not None:
+                run.bpb_curve.append((it, tok, elapsed, bpb))
+                run.best_val_bpb = bpb if run.best_val_bpb is None else min(run.best_val_bpb, bpb)
         elif r["type"] == "end":
             last_end = r
     if seg_t0 is not None and seg_last is not None:
@@ -163,6 +169,7 @@ def load_run(run_dir: str) -> Run:
     # A resumed run repeats the steps after its last checkpoint: the later segment's points win.
     run.train_curve = sorted({p[0]: p for p in run.train_curve}.values(), key=lambda p: p[0])
     run.val_curve = sorted({p[0]: p for p in run.val_curve}.values(), key=lambda p: p[0])
+    run.bpb_curve = sorted({p[0]: p for p in run.bpb_curve}.values(), key=lambda p: p[0])
     evals = [r for r in recs if r["type"] == "eval" and _num(r.get("train_loss")) is not None]
     if evals:  # the eval estimate is steadier than one batch's loss
         run.train_loss = _num(evals[-1]["train_loss"])
@@ -221,13 +228,20 @@ def expand(paths: list[str]) -> list[str]:
     return out
 
 
-def rank(runs: list[Run]) -> list[Run]:
-    """Sort by best val loss (runs without one last) and fill in the difference to the best."""
-    ranked = sorted(runs, key=lambda r: (r.best_val_loss is None, r.best_val_loss or 0.0, r.name))
-    best = ranked[0].best_val_loss if ranked else None
+# What runs are ranked by: validation loss (one tokenizer and validation set), or bits per byte
+# (any tokenizer); the Run attribute holding each run's best and the curve plotted.
+METRICS = {"val_loss": ("best_val_loss", "val_curve", "val loss"), "val_bpb": ("best_val_bpb", "bpb_curve", "val bpb")}
+
+
+def rank(runs: list[Run], metric: str = "val_loss") -> list[Run]:
+    """Sort by the best value of the metric (runs without one last) and fill in the difference to the best."""
+    attr = METRICS[metric][0]
+    ranked = sorted(runs, key=lambda r: (getattr(r, attr) is None, getattr(r, attr) or 0.0, r.name))
+    best = getattr(ranked[0], attr) if ranked else None
     for r in ranked:
-        if r.best_val_loss is not None and best is not None:
-            r.delta = r.best_val_loss - best
+        r.delta = r.delta_pct = None
+        if getattr(r, attr) is not None and best is not None:
+            r.delta = getattr(r, attr) - best
             r.delta_pct = 100.0 * r.delta / best if best else None
     return ranked
 
@@ -260,7 +274,7 @@ def _wall(s) -> str:
 
 
 HEADERS = ("#", "run", "status", "backend", "arch", "params", "FLOPs/tok", "iters", "tokens", "train loss",
-           "best val", "vs best", "vs best %", "tok/s", "MFU", "peak mem", "wall")
+           "best val", "best bpb", "vs best", "vs best %", "tok/s", "MFU", "peak mem", "wall")
 
 
 def table_rows(runs: list[Run]) -> list[list[str]]:
@@ -268,7 +282,7 @@ def table_rows(runs: list[Run]) -> list[list[str]]:
     for i, r in enumerate(runs, 1):
         rows.append([str(i), r.name, r.status, r.backend, r.arch_name, _si(r.params), _si(r.flops_per_token),
                      _f(r.iters, "d"), _si(r.tokens), _f(r.train_loss, ".4f"), _f(r.best_val_loss, ".4f"),
-                     _f(r.delta, "+.4f"), _f(r.delta_pct, "+.2f"), _f(r.tokens_per_sec, ",.0f"),
+                     _f(r.best_val_bpb, ".4f"), _f(r.delta, "+.4f"), _f(r.delta_pct, "+.2f"), _f(r.tokens_per_sec, ",.0f"),
                      "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", _mem(r.peak_mem_bytes), _wall(r.wall_time)])
     return rows
 
@@ -362,24 +376,25 @@ def _xs(points, kind: str, fpt):
     return out
 
 
-def plot(runs: list[Run], kind: str, xlabel: str) -> bytes:
-    """PNG bytes: train loss (left) and val loss (right) of every run against one x axis."""
+def plot(runs: list[Run], kind: str, xlabel: str, metric: str = "val_loss") -> bytes:
+    """PNG bytes: train loss (left) and the validation metric (right) of every run against one x axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    for ax, curve, title in ((axes[0], "train_curve", "train loss"), (axes[1], "val_curve", "val loss")):
+    _, val_curve, val_title = METRICS[metric]
+    for ax, curve, title in ((axes[0], "train_curve", "train loss"), (axes[1], val_curve, val_title)):
         for r in runs:
             pts = [(x, y) for x, y in _xs(getattr(r, curve), kind, r.flops_per_token) if math.isfinite(y)]
             if pts:
                 label = r.name + ("" if r.status == "completed" else f" ({r.status})")
                 style = "-" if r.status in ("completed", "running") else "--"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o" if curve == "val_curve" else None,
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o" if curve != "train_curve" else None,
                         markersize=3, linewidth=1.2, label=label)
         ax.set_title(f"{title} vs {xlabel}")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("loss")
+        ax.set_ylabel("bits per byte" if curve == "bpb_curve" else "loss")
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
@@ -390,10 +405,11 @@ def plot(runs: list[Run], kind: str, xlabel: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-def report_markdown(runs: list[Run], plots: list[str], title: str = "Run comparison") -> str:
+def report_markdown(runs: list[Run], plots: list[str], title: str = "Run comparison", metric: str = "val_loss") -> str:
     """runs in input order: impact pairs read first -> second in that order (a sweep's base first)."""
-    order, runs = runs, rank(runs)
-    lines = [f"# {title}", "", f"{len(runs)} runs, sorted by best validation loss. {WARMUP_NOTE}.", "",
+    order, runs = runs, rank(runs, metric)
+    by = "bits per byte" if metric == "val_bpb" else "validation loss"
+    lines = [f"# {title}", "", f"{len(runs)} runs, sorted by best {by}. {WARMUP_NOTE}.", "",
              markdown_table(runs), ""]
     notes = [f"- **{r.name}**: {r.note}" for r in runs if r.note]
     if notes:
@@ -410,23 +426,23 @@ def report_markdown(runs: list[Run], plots: list[str], title: str = "Run compari
     return "\n".join(lines) + "\n"
 
 
-def write_report(runs: list[Run], out_dir: str, title: str = "Run comparison") -> list[str]:
+def write_report(runs: list[Run], out_dir: str, title: str = "Run comparison", metric: str = "val_loss") -> list[str]:
     """Write report.md, results.csv and the four plots into out_dir (atomically); return the paths."""
     paths, plots = [], []
     for name, kind, xlabel in PLOTS:
         fname = f"loss_vs_{name}.png"
-        write_bytes(os.path.join(out_dir, fname), plot(rank(runs), kind, xlabel))
+        write_bytes(os.path.join(out_dir, fname), plot(rank(runs, metric), kind, xlabel, metric))
         plots.append(fname)
     paths += [os.path.join(out_dir, p) for p in plots]
-    write_text(os.path.join(out_dir, "results.csv"), csv_text(rank(runs)))
-    write_text(os.path.join(out_dir, "report.md"), report_markdown(runs, plots, title))
+    write_text(os.path.join(out_dir, "results.csv"), csv_text(rank(runs, metric)))
+    write_text(os.path.join(out_dir, "report.md"), report_markdown(runs, plots, title, metric))
     return [os.path.join(out_dir, "report.md"), os.path.join(out_dir, "results.csv")] + paths
 
 
-def summary(runs: list[Run]) -> str:
+def summary(runs: list[Run], metric: str = "val_loss") -> str:
     """The table plus notes and impact lines, as printed on the terminal."""
-    out = [text_table(rank(runs)), f"({WARMUP_NOTE})"]
-    out += [f"note: {r.name}: {r.note}" for r in rank(runs) if r.note]
+    out = [text_table(rank(runs, metric)), f"({WARMUP_NOTE})"]
+    out += [f"note: {r.name}: {r.note}" for r in rank(runs, metric) if r.note]
     att, warns = impact(runs)
     out += ["impact:"] + [f"  {x}" for x in att] if att else []
     out += [f"WARNING {w}" for w in warns]
@@ -440,15 +456,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latest", type=int, help="the N most recent runs in --runs_dir")
     p.add_argument("--runs_dir", default="runs")
     p.add_argument("--out", help="report directory (default <runs_dir>/compare-<time>)")
+    p.add_argument("--metric", default="val_loss", help="rank and plot by val_loss (one tokenizer) or val_bpb "
+                                                        "(bits per byte: comparable across tokenizers)")
     a = p.parse_args(argv)
     try:
         if a.run_dirs and a.latest is not None:
             raise CompareError("give either --latest N or RUN_DIRs, not both")
+        if a.metric not in METRICS:
+            raise CompareError(f"option '--metric' must be one of {', '.join(METRICS)}; got '{a.metric}'")
         dirs = expand(a.run_dirs) if a.run_dirs else find_runs(a.runs_dir, a.latest)
         runs = [load_run(d) for d in dirs]
         out = a.out or os.path.join(a.runs_dir, "compare-" + time.strftime("%Y%m%d-%H%M%S"))
-        print(summary(runs))
-        paths = write_report(runs, out)
+        print(summary(runs, a.metric))
+        paths = write_report(runs, out, metric=a.metric)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 SPLITS = {"train": 0, "val": 1}
+EVAL_ITER = 10**9  # evaluation batch k of a split is the one drawn for iteration EVAL_ITER + k
 
 
 class DataError(RuntimeError):
@@ -235,6 +236,46 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def token_bytes(meta: dict, path_dir: str | None = None) -> np.ndarray | None:
+    """UTF-8 bytes each token id decodes to (index: id), for bits per byte; None when the tokenizer's
+    tokens are not byte strings of their own (a non-byte-level Hugging Face tokenizer). Special
+    tokens (GPT-2's end-of-text, a tokenizer's added tokens) are not text: 0 bytes."""
+    kind = meta["tokenizer"]
+    if kind == "char":
+        return np.array([len(c.encode("utf-8")) for c in meta["chars"]], dtype=np.int64)
+    if kind == "gpt2":
+        enc = GPT2Tokenizer().enc
+        out = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)], dtype=np.int64)
+        out[GPT2Tokenizer.EOT] = 0
+        return out
+    if kind == "hf" and path_dir is not None:
+        tok = get_tokenizer(meta, path_dir).tok
+        if type(tok.decoder).__name__ != "ByteLevel":
+            return None
+        from modgpt.hf import _byte_chars
+        width = {c: 1 for c in _byte_chars()}  # byte-level tokens spell each byte with one character
+        special = {t.content for t in tok.get_added_tokens_decoder().values()}
+        out = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+        for text, i in tok.get_vocab(with_added_tokens=True).items():
+            out[i] = 0 if text in special else sum(width.get(c, 0) for c in text)
+        return out
+    return None
+
+
+def eval_bytes_per_token(sampler: "BatchSampler", eval_iters: int, lengths: np.ndarray) -> dict[str, float]:
+    """Bytes per target token of the fixed evaluation batches of each split (the global batches every
+    evaluation scores), so that bits per byte = loss / ln 2 / this, exactly for those tokens."""
+    out = {}
+    for split in SPLITS:
+        n_bytes = n_tokens = 0
+        for k in range(eval_iters):
+            _, y = sampler.get(split, EVAL_ITER + k, local=False)
+            n_bytes += int(lengths[y].sum())
+            n_tokens += y.size
+        out[split] = n_bytes / n_tokens
+    return out
 
 
 def end_sample_plan(data_dir: str, dataset: str, max_chars: int = 200):

@@ -6,7 +6,7 @@ One JSON object per line, each with "type":
            resumed_from}
   iter    {type, time, iter, loss, lr, grad_norm, dt, tokens_per_sec, mfu, peak_mem_bytes, tokens_seen,
            skipped_steps}
-  eval    {type, time, iter, train_loss, val_loss, tokens_seen}
+  eval    {type, time, iter, train_loss, val_loss, train_bpb, val_bpb, tokens_seen}
   event   {type, time, iter, event, message}        (checkpoint saved, resumed, skipped step, ...)
   end     {type, time, iter, status, wall_time, best_val_loss, message}
           status: completed | interrupted | failed

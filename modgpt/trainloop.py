@@ -42,6 +42,23 @@ class TrainLoop:
         self.completed = False  # ran to max_iters (not stopped, not failed)
         stop.on_abort = self.on_abort
 
+    def bits_per_byte(self, ev: dict) -> dict:
+        """{train_bpb, val_bpb}: each split's loss in bits over the UTF-8 bytes its evaluation targets
+        decode to (the same fixed batches every time, so the bytes are counted once); {} when the
+        tokenizer's tokens have no byte lengths of their own."""
+        from modgpt import data as D
+        if not hasattr(self, "_bytes_per_token"):
+            try:
+                lengths = D.token_bytes(self.run_.meta, self.run_.data_path)
+            except D.DataError:  # the tokenizer's files are gone: the run trains on, without bits per byte
+                lengths = None
+            self._bytes_per_token = None if lengths is None else D.eval_bytes_per_token(
+                self.trainer.sampler, self.cfg.train.eval_iters, lengths)
+        if not self._bytes_per_token:
+            return {}
+        return {f"{s}_bpb": ev[s] / math.log(2) / self._bytes_per_token[s] for s in ("train", "val")
+                if self._bytes_per_token[s] > 0}
+
     def best_or_none(self) -> float | None:
         return None if math.isinf(self.best) else self.best
 
@@ -75,9 +92,11 @@ class TrainLoop:
             if due:
                 ev = self.trainer.evaluate()
                 self.best = min(self.best, ev["val"])
-                self.log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"],
+                bpb = self.bits_per_byte(ev)
+                self.log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], **bpb,
                               tokens_seen=it * loop.tokens_per_iter(self.cfg))
-                self.progress.message(f"eval {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
+                shown = f", val bpb {bpb['val_bpb']:.4f}" if "val_bpb" in bpb else ""
+                self.progress.message(f"eval {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}{shown}")
                 self.save(it)
             if it >= t.max_iters:
                 break

@@ -142,7 +142,7 @@ class Trainer:
         for split in ("train", "val"):
             losses = []
             for k in range(self.cfg.train.eval_iters):
-                x, y = sampler.get(split, 10**9 + k)
+                x, y = sampler.get(split, D.EVAL_ITER + k)
                 losses.append(float(self.eval_fn(self.params, S.put_batch(x, self.mesh), S.put_batch(y, self.mesh))))
             out[split] = float(np.mean(losses))
         return out

@@ -144,7 +144,7 @@ class Trainer:
         for split in ("train", "val"):
             tot = 0.0
             for k in range(t.eval_iters):
-                x, y = self.batch(split, 10**9 + k)
+                x, y = self.batch(split, D.EVAL_ITER + k)
                 with self.autocast:
                     tot += self.step_model(x, y)[1].item()
             out[split] = P.mean(self.d, tot / t.eval_iters, self.device)

@@ -242,3 +242,6 @@ def test_data_tokenized_with_an_hf_tokenizer_trains_samples_and_exports_it(run_c
     (tmp_path / "copy").mkdir()
     write(str(tmp_path / "copy"))
     assert (tmp_path / "copy" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    # bits per byte: a byte-level Hugging Face tokenizer's tokens have the same byte lengths as tiktoken's
+    from modgpt import data as D
+    np.testing.assert_array_equal(D.token_bytes(D.load_meta(via_hf), via_hf), D.token_bytes({"tokenizer": "gpt2"}))

@@ -1,6 +1,7 @@
 """modgpt.compare on synthetic run logs: known numbers in, known table, reports and plots out."""
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ FPT = 2e6  # FLOPs per token
 
 
 def make_run(root, name, vals, *, preset_changes=None, train=None, n_iter=10, tps=None, end="completed",
-             t0=1000.0, dt=2.0, fpt=FPT, message=None):
+             t0=1000.0, dt=2.0, fpt=FPT, message=None, bytes_per_token=None):
     """Write runs/<name>/log.jsonl: header, n_iter iter records, evals at vals' iters, an end record."""
     d = os.path.join(root, name)
     os.makedirs(d)
@@ -30,8 +31,9 @@ def make_run(root, name, vals, *, preset_changes=None, train=None, n_iter=10, tp
                          dt=dt, tokens_per_sec=tps[it], mfu=0.01 * (it + 1), peak_mem_bytes=(it + 1) * 2**20,
                          tokens_seen=(it + 1) * TPI, skipped_steps=0))
     for it, v in vals:
+        bpb = {} if bytes_per_token is None else {"val_bpb": v / math.log(2) / bytes_per_token}
         recs.append(dict(type="eval", time=t0 + dt * (it + 1), iter=it, train_loss=v - 0.05, val_loss=v,
-                         tokens_seen=it * TPI))
+                         tokens_seen=it * TPI, **bpb))
     if end:
         recs.append(dict(type="end", time=t0 + dt * (n_iter + 1), iter=n_iter, status=end, wall_time=dt * (n_iter + 1),
                          best_val_loss=min(v for _, v in vals) if vals else None, message=message))
@@ -67,8 +69,8 @@ def test_table_sorted_with_deltas_tokens_flops(three):
     assert all(r.status == "completed" and r.note == "" for r in runs)
     rows = CMP.table_rows(runs)
     assert rows[1][:4] == ["2", "a-gpt2", "completed", "torch"]
-    assert rows[1][10:13] == ["2.0000", "+0.1000", "+5.26"]
-    assert rows[0][11] == "+0.0000" and rows[1][8] == "10.00k"
+    assert rows[1][10:14] == ["2.0000", "-", "+0.1000", "+5.26"]  # no bits per byte in these logs
+    assert rows[0][12] == "+0.0000" and rows[1][8] == "10.00k"
 
 
 def test_impact_attribution_and_fairness(tmp_path):
@@ -170,3 +172,27 @@ def test_no_runs_and_conflicting_args(tmp_path, capsys, three):
     assert "no runs" in capsys.readouterr().err
     assert CMP.main(["--latest", "1", three[1][0]]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_bits_per_byte_ranks_runs_with_different_tokenizers(tmp_path):
+    """A char-level run (a byte a token) and a BPE run (4 bytes a token): the BPE run's loss is higher
+    but its bits per byte lower; --metric val_bpb ranks by that, shows it and plots it."""
+    root = str(tmp_path / "runs")
+    char = make_run(root, "char", [(0, 4.0), (9, 1.5)], bytes_per_token=1.0)
+    bpe = make_run(root, "bpe", [(0, 9.0), (9, 4.0)], bytes_per_token=4.0, t0=2000)
+    runs = [CMP.load_run(d) for d in (char, bpe)]
+    assert [r.name for r in CMP.rank(runs)] == ["char", "bpe"]
+    ranked = CMP.rank(runs, "val_bpb")
+    assert [r.name for r in ranked] == ["bpe", "char"]
+    assert ranked[0].best_val_bpb == pytest.approx(4.0 / math.log(2) / 4) and ranked[0].delta == 0
+    assert ranked[1].delta == pytest.approx(1.5 / math.log(2) - 1.0 / math.log(2))
+    out = tmp_path / "report"
+    p = subprocess.run([sys.executable, "-m", "modgpt.compare", char, bpe, "--metric", "val_bpb", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "sorted by best bits per byte" in (out / "report.md").read_text()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["run"] for r in rows] == ["bpe", "char"] and float(rows[0]["best_val_bpb"]) == pytest.approx(1 / math.log(2))
+    bad = subprocess.run([sys.executable, "-m", "modgpt.compare", char, "--metric", "bpb", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: option '--metric' must be one of val_loss, val_bpb; got 'bpb'"

@@ -236,3 +236,16 @@ def test_offline_advice_names_whole_commands(tmp_path, monkeypatch):
     assert f"set {P.TINYSHAKESPEARE_ENV}=/path/to/input.txt" in msg
     assert f"run `python -m modgpt.prepare shakespeare_char --input /path/to/input.txt --data_dir {data}`" in msg
     assert "pass --input" not in msg and not (data / "shakespeare_char" / "meta.json").exists()
+
+
+def test_token_bytes_for_bits_per_byte(tmp_path):
+    """Bytes each token decodes to: a character's UTF-8 length; a GPT-2 token's own bytes (a text's
+    tokens sum to the text's UTF-8 length), end-of-text none."""
+    import numpy as np
+    chars = D.token_bytes({"tokenizer": "char", "chars": ["\n", "a", "é", "日"]})
+    assert chars.tolist() == [1, 1, 2, 3]
+    lengths = D.token_bytes({"tokenizer": "gpt2"})
+    enc = D.GPT2Tokenizer()
+    text = "Once upon a time, naïve café — 日本語 text\n\n"
+    assert int(lengths[np.array(enc.encode(text))].sum()) == len(text.encode("utf-8"))
+    assert lengths[D.GPT2Tokenizer.EOT] == 0 and len(lengths) == 50257

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import signal
 import subprocess
@@ -178,6 +179,17 @@ def test_both_backends_train_across_shards(corpus, tmp_path, backend):
     assert r.returncode == 0, r.stderr[-2000:]
     n = len(D.load_meta(out)["shards"]["train"]) + len(D.load_meta(out)["shards"]["val"])
     assert f"val tokens, {n} shards); the run covers" in r.stdout
+    # bits per byte: the loss over the bytes the evaluation targets decode to, counted here by decoding
+    # them with tiktoken (end-of-text is not text: no bytes)
+    from modgpt import runlog
+    from modgpt.data import GPT2Tokenizer
+    enc, s = GPT2Tokenizer().enc, D.BatchSampler(out, block_size=32, batch_size=2, seed=1337)
+    for ev in (e for e in runlog.read(str(tmp_path / "run")) if e["type"] == "eval"):
+        for split in ("train", "val"):
+            ys = [s.get(split, D.EVAL_ITER + k, local=False)[1] for k in range(1)]
+            n_bytes = sum(len(enc.decode_bytes([t for t in row if t != EOT])) for y in ys for row in y.tolist())
+            want = ev[f"{split}_loss"] * sum(y.size for y in ys) / math.log(2) / n_bytes
+            assert ev[f"{split}_bpb"] == pytest.approx(want, rel=1e-12), split
 
 
 def test_changed_inputs_are_refused_and_a_finished_prepare_is_kept(corpus, tmp_path, capsys):

@@ -1,4 +1,5 @@
 """End-to-end CLI runs on a tiny model: smoke, exact resume, export/init_from, sample, bad input."""
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_smoke_log_checkpoint_sample(full_run, data_dir):
     assert runlog.read(out)[0]["attention"] == "sdpa (flash attention)"  # torch's pick, also printed
     assert "attention:    sdpa (flash attention)" in p.stdout
     assert {"iter", "eval", "event"} <= set(types)
+    for ev in (r for r in runlog.read(out) if r["type"] == "eval"):  # ASCII characters: a byte a token
+        assert ev["val_bpb"] == pytest.approx(ev["val_loss"] / math.log(2), rel=1e-12)
+        assert ev["train_bpb"] == pytest.approx(ev["train_loss"] / math.log(2), rel=1e-12)
     end = runlog.read(out)[-1]
     assert end["status"] == "completed" and end["iter"] == 8
     assert sorted(os.listdir(out)).count("ckpt-00000008.pt") == 1

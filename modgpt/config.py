@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda", "gpu"),
     "size": ("auto", "none"),  # plus the names in presets.SIZES, checked there
     "kernels": ("auto", "reference"),
+    "task": ("hellaswag",),  # evaluation tasks (modgpt.tasks), for --tasks and --eval_tasks
 }
 # The registry kinds that both backends implement (a subset of CHOICES).
 COMPONENT_KINDS = ("normalization", "activation", "position_encoding", "attention_backend", "ffn_type")

@@ -63,6 +63,12 @@ class Run:
     train_curve: list = field(default_factory=list)  # (step, tokens, elapsed_s, loss)
     val_curve: list = field(default_factory=list)
     bpb_curve: list = field(default_factory=list)  # (step, tokens, elapsed_s, val_bpb)
+    task_curves: dict = field(default_factory=dict)  # task -> [(step, tokens, elapsed_s, acc_norm)]
+
+    def task_score(self, task: str) -> float | None:
+        """The task's acc_norm at the run's last evaluation."""
+        pts = self.task_curves.get(task)
+        return pts[-1][3] if pts else None
 
     @property
     def train_flops(self) -> float | None:
@@ -158,6 +164,9 @@ def load_run(run_dir: str) -> Run:
                 run.val_curve.append((it, tok, elapsed, val))
             if _finite(val) is not None and (run.best_val_loss is None or val < run.best_val_loss):
                 run.best_val_loss, run.best_val_iter = val, it
+            for key, v in r.items():
+                if key.endswith("_acc_norm") and _finite(_num(v)) is not None:
+                    run.task_curves.setdefault(key[:-len("_acc_norm")], []).append((it, tok, elapsed, float(v)))
             bpb = _finite(_num(r.get("val_bpb")))
             if bpb is not None:
                 run.bpb_curve.append((it, tok, elapsed, bpb))
@@ -170,6 +179,7 @@ def load_run(run_dir: str) -> Run:
     run.train_curve = sorted({p[0]: p for p in run.train_curve}.values(), key=lambda p: p[0])
     run.val_curve = sorted({p[0]: p for p in run.val_curve}.values(), key=lambda p: p[0])
     run.bpb_curve = sorted({p[0]: p for p in run.bpb_curve}.values(), key=lambda p: p[0])
+    run.task_curves = {k: sorted({p[0]: p for p in v}.values(), key=lambda p: p[0]) for k, v in run.task_curves.items()}
     evals = [r for r in recs if r["type"] == "eval" and _num(r.get("train_loss")) is not None]
     if evals:  # the eval estimate is steadier than one batch's loss
         run.train_loss = _num(evals[-1]["train_loss"])
@@ -277,24 +287,36 @@ HEADERS = ("#", "run", "status", "backend", "arch", "params", "FLOPs/tok", "iter
            "best val", "best bpb", "vs best", "vs best %", "tok/s", "MFU", "peak mem", "wall")
 
 
+def task_names(runs: list[Run]) -> list[str]:
+    """The evaluation tasks any of the runs scored (--eval_tasks), in a fixed order."""
+    return sorted({t for r in runs for t in r.task_curves})
+
+
+def headers(runs: list[Run]) -> tuple[str, ...]:
+    return HEADERS + tuple(f"{t} acc_norm" for t in task_names(runs))
+
+
 def table_rows(runs: list[Run]) -> list[list[str]]:
     rows = []
+    tasks = task_names(runs)
     for i, r in enumerate(runs, 1):
         rows.append([str(i), r.name, r.status, r.backend, r.arch_name, _si(r.params), _si(r.flops_per_token),
                      _f(r.iters, "d"), _si(r.tokens), _f(r.train_loss, ".4f"), _f(r.best_val_loss, ".4f"),
                      _f(r.best_val_bpb, ".4f"), _f(r.delta, "+.4f"), _f(r.delta_pct, "+.2f"), _f(r.tokens_per_sec, ",.0f"),
-                     "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", _mem(r.peak_mem_bytes), _wall(r.wall_time)])
+                     "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", _mem(r.peak_mem_bytes), _wall(r.wall_time)]
+                    + [_f(r.task_score(t), ".4f") for t in tasks])
     return rows
 
 
 def text_table(runs: list[Run]) -> str:
-    rows = [list(HEADERS)] + table_rows(runs)
-    widths = [max(len(row[c]) for row in rows) for c in range(len(HEADERS))]
+    rows = [list(headers(runs))] + table_rows(runs)
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def markdown_table(runs: list[Run]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    head = headers(runs)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(runs)]
     return "\n".join(lines)
 
@@ -302,9 +324,10 @@ def markdown_table(runs: list[Run]) -> str:
 def csv_text(runs: list[Run]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(("rank",) + CSV_COLS)
+    tasks = task_names(runs)
+    w.writerow(("rank",) + CSV_COLS + tuple(f"{t}_acc_norm" for t in tasks))
     for i, r in enumerate(runs, 1):
-        vals = [getattr(r, "name" if c == "run" else c) for c in CSV_COLS]
+        vals = [getattr(r, "name" if c == "run" else c) for c in CSV_COLS] + [r.task_score(t) for t in tasks]
         w.writerow([i] + ["" if v is None else v for v in vals])
     return buf.getvalue()
 
@@ -404,6 +427,29 @@ def plot(runs: list[Run], kind: str, xlabel: str, metric: str = "val_loss") -> b
     return buf.getvalue()
 
 
+def plot_task(runs: list[Run], task: str) -> bytes:
+    """PNG bytes: the task's acc_norm at each evaluation against tokens (left) and training FLOPs (right)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    for ax, (_, kind, xlabel) in zip(fig.subplots(1, 2), (PLOTS[1], PLOTS[2])):
+        for r in runs:
+            pts = _xs(r.task_curves.get(task, []), kind, r.flops_per_token)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="o", markersize=3, label=r.name)
+        ax.set_title(f"{task} acc_norm vs {xlabel}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("acc_norm")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 def report_markdown(runs: list[Run], plots: list[str], title: str = "Run comparison", metric: str = "val_loss") -> str:
     """runs in input order: impact pairs read first -> second in that order (a sweep's base first)."""
@@ -432,6 +478,10 @@ def write_report(runs: list[Run], out_dir: str, title: str = "Run comparison", m
     for name, kind, xlabel in PLOTS:
         fname = f"loss_vs_{name}.png"
         write_bytes(os.path.join(out_dir, fname), plot(rank(runs, metric), kind, xlabel, metric))
+        plots.append(fname)
+    for task in task_names(runs):
+        fname = f"{task}_vs_tokens_flops.png"
+        write_bytes(os.path.join(out_dir, fname), plot_task(rank(runs, metric), task))
         plots.append(fname)
     paths += [os.path.join(out_dir, p) for p in plots]
     write_text(os.path.join(out_dir, "results.csv"), csv_text(rank(runs, metric)))

@@ -177,6 +177,9 @@ class TrainConfig:
     skip_nonfinite: bool = opt(False, "skip steps with a non-finite loss or gradient instead of stopping")
     progress: bool = opt(True, "a progress bar on a terminal (plain lines with an ETA otherwise)")
     sample_at_end: bool = opt(True, "print a short seeded sample from the final weights")
+    eval_tasks: str = opt("", "multiple-choice tasks scored at each evaluation, comma-separated (hellaswag)")
+    eval_tasks_input: str = opt("", "the task's data file (default: downloaded once into data_dir/<task>/)")
+    eval_tasks_limit: int = opt(0, "score only the first N items of each task at each evaluation; 0 = all")
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,15 @@ def validate(cfg: Config) -> None:
                           f"{', '.join(HF_NANOGPT_NAMES)} or FILE.safetensors; got '{init}'")
     if not t.dataset:
         raise ConfigError("option 'dataset' must not be empty")
+    tasks = [x.strip() for x in t.eval_tasks.split(",") if x.strip()]
+    for name in tasks:
+        if name not in CHOICES["task"]:
+            raise ConfigError(f"option 'eval_tasks': unknown task '{name}'{suggest(name, CHOICES['task'])}; "
+                              f"known: {', '.join(CHOICES['task'])}")
+    if t.eval_tasks_input and len(tasks) != 1:
+        raise ConfigError("option 'eval_tasks_input' is the data file of one task: set eval_tasks to that task")
+    if t.eval_tasks_limit < 0:
+        raise ConfigError(f"option 'eval_tasks_limit' must be >= 0 (0 = all items), got {t.eval_tasks_limit}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,6 +238,20 @@ class HFTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+def byte_chars() -> list[str]:
+    """GPT-2's printable stand-in for each byte in its vocab.json: printable Latin-1 bytes stand for
+    themselves, the other 68 take code points from 256 upward in byte order."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
 def token_bytes(meta: dict, path_dir: str | None = None) -> np.ndarray | None:
     """UTF-8 bytes each token id decodes to (index: id), for bits per byte; None when the tokenizer's
     tokens are not byte strings of their own (a non-byte-level Hugging Face tokenizer). Special
@@ -254,8 +268,7 @@ def token_bytes(meta: dict, path_dir: str | None = None) -> np.ndarray | None:
         tok = get_tokenizer(meta, path_dir).tok
         if type(tok.decoder).__name__ != "ByteLevel":
             return None
-        from modgpt.hf import _byte_chars
-        width = {c: 1 for c in _byte_chars()}  # byte-level tokens spell each byte with one character
+        width = {c: 1 for c in byte_chars()}  # byte-level tokens spell each byte with one character
         special = {t.content for t in tok.get_added_tokens_decoder().values()}
         out = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
         for text, i in tok.get_vocab(with_added_tokens=True).items():

@@ -428,20 +428,6 @@ def special_ids(src_dir: str) -> dict:
     return {k: hf[k] for k in ("bos_token_id", "eos_token_id") if hf.get(k) is not None}
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2's printable stand-in for each byte in its vocab.json: printable Latin-1 bytes stand for
-    themselves, the other 68 take code points from 256 upward in byte order."""
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 def _merge_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
     """The last merge that builds token: run byte-pair merging on its bytes with the merges ranked
     below it until two parts are left."""
@@ -469,7 +455,8 @@ def gpt2_tokenizer(model_max_length: int):
         from modgpt.io import write_json, write_text
         enc = GPT2Tokenizer()
         ranks = enc.enc._mergeable_ranks
-        chars = _byte_chars()
+        from modgpt.data import byte_chars
+        chars = byte_chars()
 
         def text(b: bytes) -> str:
             return "".join(chars[x] for x in b)

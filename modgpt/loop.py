@@ -52,10 +52,29 @@ class Run:
     committed: bool = False
     saved: C.Config | None = None  # resume: the run's config as saved in its config.json
     schedule: dict | None = None  # where max_iters, warmup_iters and lr_decay_iters came from, in words
+    tasks: dict | None = None  # --eval_tasks: name -> items, read and checked before training starts
 
 
 class SetupError(RuntimeError):
     """A problem found before training starts; printed as one line, exit status 2."""
+
+
+def load_eval_tasks(cfg: C.Config, data_path: str, meta: dict) -> dict | None:
+    """--eval_tasks: each task's items, read (downloaded once) and encoded with the run's tokenizer
+    now, so that a missing file or an unencodable item stops the run before it starts."""
+    t = cfg.train
+    names = [x.strip() for x in t.eval_tasks.split(",") if x.strip()]
+    if not names:
+        return None
+    from modgpt import evaluate as E
+    from modgpt import tasks as TK
+    tok = D.get_tokenizer(meta, data_path)
+    out = {}
+    for name in names:
+        items = E.load_items(name, t.eval_tasks_input or None, cfg, t.eval_tasks_limit or None)
+        TK.requests(items, tok.encode, cfg.model.block_size, skip_unencodable=False)
+        out[name] = items
+    return out
 
 
 def ensure_data(cfg: C.Config, verbose: bool = True) -> str:
@@ -201,10 +220,11 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
     if cfg.model.block_size + 2 > min(meta["train_tokens"], meta["val_tokens"]):
         raise D.DataError(f"block_size {cfg.model.block_size} is longer than the data's smaller split "
                           f"({min(meta['train_tokens'], meta['val_tokens'])} tokens)")
+    tasks = load_eval_tasks(cfg, data_path, meta)
     out_dir = cfg.train.out_dir or default_out_dir(backend, cfg)
     cfg = cfg.replace(out_dir=out_dir)
     run = Run(cfg=cfg, data_path=data_path, meta=meta, out_dir=out_dir, size_reason=reason, resume=resume,
-              is_main=is_main, backend=backend, saved=saved, schedule=schedule)
+              is_main=is_main, backend=backend, saved=saved, schedule=schedule, tasks=tasks)
     if is_main:
         holder = io.lock_holder(out_dir)
         if holder is not None:

@@ -11,7 +11,8 @@ A Trainer provides: launch(it, lr) -> a launched step (its `it`, `lr`, `read()` 
 norm, finite) and `seconds(prev, last_done)`), in_flight, evaluate() -> {"train", "val"},
 save(it, meta) -> the checkpoint's path (raising SaveFailed on every process when any failed),
 checkpoint_path(it), remove_partial_save(), vote(flag) (the processes agree on a stop),
-peak_memory(), first_step_report() -> (message, record fields) or None.
+peak_memory(), first_step_report() -> (message, record fields) or None, task_loglik() -> the current
+weights' loglik(x, y, mask) for evaluation tasks (modgpt.tasks).
 """
 from __future__ import annotations
 
@@ -59,6 +60,21 @@ class TrainLoop:
         return {f"{s}_bpb": ev[s] / math.log(2) / self._bytes_per_token[s] for s in ("train", "val")
                 if self._bytes_per_token[s] > 0}
 
+    def score_tasks(self) -> dict:
+        """--eval_tasks: {<task>_acc, <task>_acc_norm} of the current weights (every process scores the
+        same items, so a sharded model's collectives line up)."""
+        if not self.run_.tasks:
+            return {}
+        from modgpt import data as D
+        from modgpt import tasks as TK
+        tok = D.get_tokenizer(self.run_.meta, self.run_.data_path)
+        loglik = self.trainer.task_loglik()
+        out = {}
+        for name, items in self.run_.tasks.items():
+            res = TK.score(name, items, tok.encode, self.cfg.model.block_size, loglik)
+            out[f"{name}_acc"], out[f"{name}_acc_norm"] = res.acc, res.acc_norm
+        return out
+
     def best_or_none(self) -> float | None:
         return None if math.isinf(self.best) else self.best
 
@@ -93,9 +109,11 @@ class TrainLoop:
                 ev = self.trainer.evaluate()
                 self.best = min(self.best, ev["val"])
                 bpb = self.bits_per_byte(ev)
-                self.log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], **bpb,
+                scores = self.score_tasks()
+                self.log.eval(iter=it, train_loss=ev["train"], val_loss=ev["val"], **bpb, **scores,
                               tokens_seen=it * loop.tokens_per_iter(self.cfg))
                 shown = f", val bpb {bpb['val_bpb']:.4f}" if "val_bpb" in bpb else ""
+                shown += "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items() if k.endswith("acc_norm"))
                 self.progress.message(f"eval {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}{shown}")
                 self.save(it)
             if it >= t.max_iters:

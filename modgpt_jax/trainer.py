@@ -147,6 +147,29 @@ class Trainer:
             out[split] = float(np.mean(losses))
         return out
 
+    def task_loglik(self):
+        """loglik(x, y, mask) of the current weights for modgpt.tasks (inputs replicated; one compile
+        per padded length)."""
+        import jax
+        import jax.numpy as jnp
+
+        from modgpt_jax import step as ST
+        if not hasattr(self, "_task_fn"):
+            dtype = ST.DTYPES[self.cfg.train.dtype]
+
+            def f(params, x, y, mask):
+                from flax import nnx
+                logits = nnx.merge(self.graphdef, ST.cast(params, dtype))(x)[0].astype(jnp.float32)
+                lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[..., None], axis=-1)[..., 0]
+                return (lp * mask).sum(-1)
+            self._task_fn = jax.jit(f, in_shardings=(self.param_sh, self.repl, self.repl, self.repl),
+                                    out_shardings=self.repl)
+
+        def loglik(x, y, mask):
+            put = [jax.make_array_from_process_local_data(self.repl, np.asarray(a)) for a in (x, y, mask)]
+            return np.asarray(jax.device_get(self._task_fn(self.params, *put)), dtype=np.float64)
+        return loglik
+
     def checkpoint_path(self, it: int) -> str:
         from modgpt_jax.checkpoint import CKPT_DIR
         return os.path.join(self.run.out_dir, CKPT_DIR, str(it))

@@ -151,6 +151,20 @@ class Trainer:
         self.step_model.train()
         return out
 
+    def task_loglik(self):
+        """loglik(x, y, mask) of the current weights for modgpt.tasks, in the run's precision."""
+        def loglik(x, y, mask):
+            self.step_model.eval()
+            try:
+                with torch.no_grad(), self.autocast:
+                    logits = self.step_model(torch.as_tensor(x, device=self.device))[0]
+                lp = torch.log_softmax(logits.float(), -1)
+                lp = lp.gather(-1, torch.as_tensor(y, dtype=torch.int64, device=self.device)[..., None])[..., 0]
+                return (lp * torch.as_tensor(mask, device=self.device)).sum(-1).double().cpu().numpy()
+            finally:
+                self.step_model.train()
+        return loglik
+
     def checkpoint_path(self, it: int) -> str:
         return CK.path_for(self.run.out_dir, it)
 

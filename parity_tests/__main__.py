@@ -19,7 +19,7 @@ from modgpt.presets import PRESETS
 from parity_tests import cases as K
 
 PROG = "python -m parity_tests"
-CHECK_NAMES = ("forward", "grads", "adamw", "kernels", "generate", "bf16", "dropout", "roundtrip", "trajectory")
+CHECK_NAMES = ("forward", "grads", "adamw", "kernels", "generate", "eval", "bf16", "dropout", "roundtrip", "trajectory")
 # With --dtype bfloat16 the checks that have a bf16 meaning run in bf16 (each backend's own mixed
 # precision); grads, AdamW, greedy tokens, dropout and round trips are float32 by definition.
 BF16_CHECKS = ("forward", "trajectory")

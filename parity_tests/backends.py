@@ -83,6 +83,12 @@ class TorchBackend:
         self.model.eval()
         return self.R.greedy(self.model, prompt, n_new)
 
+    def loglik(self, x, y, mask) -> np.ndarray:
+        """The evaluate command's per-row sums of log p(y | x) over the mask (modgpt.tasks)."""
+        from modgpt_torch.evaluate import loglik_fn
+        self.model.eval()
+        return loglik_fn(self.model, self.device)(x, y, mask)
+
     def dropout_losses(self, tensors: dict, p: float, x, y, draws: int, seed: int = 0) -> np.ndarray:
         """Train-mode losses of the same weights with dropout p, one per dropout draw."""
         from modgpt_torch.weights import load_canonical
@@ -166,6 +172,11 @@ class JaxBackend:
     def greedy(self, prompt, n_new: int) -> np.ndarray:
         with self.eager():
             return self.R.greedy(self.tr, prompt, n_new)
+
+    def loglik(self, x, y, mask) -> np.ndarray:
+        """What --eval_tasks scores with (Trainer.task_loglik), op by op."""
+        with self.eager():
+            return self.tr.task_loglik()(x, y, mask)
 
     def dropout_losses(self, tensors: dict, p: float, x, y, draws: int, seed: int = 0) -> np.ndarray:
         """Train-mode losses of the same weights with dropout p, one per dropout key (vmapped)."""

@@ -34,7 +34,7 @@ DROP_DRAWS = 16
 # Gradient-like tensors are compared relative to max(own scale, GRAD_FLOOR x the largest one):
 # see compare.worst (second moments, ~g^2, use GRAD_FLOOR^2).
 GRAD_FLOOR = 1e-3
-CHECKS = ("forward", "grads", "adamw", "kernels", "generate", "bf16", "dropout", "roundtrip", "trajectory")
+CHECKS = ("forward", "grads", "adamw", "kernels", "generate", "eval", "bf16", "dropout", "roundtrip", "trajectory")
 
 
 def random_weights(m: C.ModelConfig, seed: int) -> dict[str, np.ndarray]:
@@ -173,6 +173,23 @@ class Case:
         diff = np.nonzero(gt != gj)[0]
         note = f"first difference at new token {diff[0]}" if len(diff) else f"{GEN_NEW} tokens identical"
         return [X.Row(self.name, "greedy32", float(len(diff)), float(len(diff)) / GEN_NEW, 0.0, len(diff) == 0, note)]
+
+    def check_eval(self) -> list[X.Row]:
+        """Evaluation tasks' log-likelihoods (modgpt.tasks): each row of a validation batch scores its
+        last quarter as an ending; every 4 rows are one item. Per-ending sums to TOL["loss"] relative
+        to the largest, and the same choice for every item."""
+        self.torch.load(self.tensors)
+        self.jax.load(self.tensors)
+        x, y = self.sampler.get("val", 0)
+        B, T = x.shape
+        mask = np.zeros((B, T), np.float32)
+        mask[:, T - T // 4:] = 1.0
+        lt, lj = self.torch.loglik(x, y, mask), self.jax.loglik(x, y, mask)
+        n = B // 4 * 4
+        same = np.array_equal(lt[:n].reshape(-1, 4).argmax(1), lj[:n].reshape(-1, 4).argmax(1))
+        choice = X.Row(self.name, "eval.choices", 0.0 if same else 1.0, 0.0 if same else 1.0, 0.0, bool(same),
+                       f"{n // 4} items of 4 endings")
+        return [X.row(self.name, "eval.logliks", lj, lt, X.TOL["loss"]), choice]
 
     def check_bf16(self, dtype: str = "bfloat16") -> list[X.Row]:
         """Each backend's own bf16 path (torch autocast; JAX bf16 compute copy of the weights)."""

@@ -80,3 +80,28 @@ def test_evaluate_command_scores_a_run_and_refuses_bad_input(run_cli, data_dir, 
         r = run_cli(cmd, f"--out_dir={run}", *bad)
         assert r.returncode == 2 and r.stderr.startswith(want) and r.stderr.count("\n") == 1, r.stderr
     assert not os.path.exists(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_tasks_during_training_score_what_the_evaluate_command_scores(run_cli, data_dir, tmp_path, shakespeare_path,
+                                                                      backend):
+    """--eval_tasks scores the task at every evaluation into the log and the progress line; at the
+    last evaluation the figures equal the evaluate command's on the final checkpoint."""
+    from modgpt import runlog
+    f = tmp_path / "hs.jsonl"
+    f.write_text("".join(json.dumps({"ctx": it.context, "endings": [e[1:] for e in it.endings], "label": it.label})
+                         + "\n" for it in _items(shakespeare_path, 8)))
+    run = tmp_path / "run"
+    r = run_cli(f"modgpt_{backend}.train", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=64",
+                "--max_iters=4", "--eval_interval=2", "--eval_iters=1", "--batch_size=2", "--progress=False",
+                "--sample_at_end=False", "--eval_tasks=hellaswag", f"--eval_tasks_input={f}", "--eval_tasks_limit=6",
+                f"--data_dir={data_dir}", f"--out_dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    evals = [e for e in runlog.read(str(run)) if e["type"] == "eval"]
+    assert [e["iter"] for e in evals] == [0, 2, 4] and all("hellaswag_acc_norm" in e for e in evals)
+    assert r.stdout.count(", hellaswag acc norm ") == 3
+    r = run_cli(f"modgpt_{backend}.evaluate", f"--out_dir={run}", "--input", str(f), "--limit", "6",
+                "--json", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "e.json").read_text())["results"][0]
+    assert (evals[-1]["hellaswag_acc"], evals[-1]["hellaswag_acc_norm"]) == (res["acc"], res["acc_norm"])

@@ -17,7 +17,7 @@ FPT = 2e6  # FLOPs per token
 
 
 def make_run(root, name, vals, *, preset_changes=None, train=None, n_iter=10, tps=None, end="completed",
-             t0=1000.0, dt=2.0, fpt=FPT, message=None, bytes_per_token=None):
+             t0=1000.0, dt=2.0, fpt=FPT, message=None, bytes_per_token=None, hellaswag=None):
     """Write runs/<name>/log.jsonl: header, n_iter iter records, evals at vals' iters, an end record."""
     d = os.path.join(root, name)
     os.makedirs(d)
@@ -32,6 +32,8 @@ def make_run(root, name, vals, *, preset_changes=None, train=None, n_iter=10, tp
                          tokens_seen=(it + 1) * TPI, skipped_steps=0))
     for it, v in vals:
         bpb = {} if bytes_per_token is None else {"val_bpb": v / math.log(2) / bytes_per_token}
+        if hellaswag is not None:  # acc_norm grows with the iteration
+            bpb.update(hellaswag_acc=hellaswag * it, hellaswag_acc_norm=hellaswag * it + 0.01)
         recs.append(dict(type="eval", time=t0 + dt * (it + 1), iter=it, train_loss=v - 0.05, val_loss=v,
                          tokens_seen=it * TPI, **bpb))
     if end:
@@ -196,3 +198,21 @@ def test_bits_per_byte_ranks_runs_with_different_tokenizers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "modgpt.compare", char, "--metric", "bpb", "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: option '--metric' must be one of val_loss, val_bpb; got 'bpb'"
+
+
+def test_evaluation_tasks_get_a_column_and_a_plot(tmp_path):
+    root = str(tmp_path / "runs")
+    a = make_run(root, "a", [(0, 4.0), (9, 2.0)], hellaswag=0.03)
+    b = make_run(root, "b", [(0, 4.0), (9, 2.1)], hellaswag=0.02, fpt=4e6, t0=2000)
+    plain = make_run(root, "plain", [(0, 4.0), (9, 2.2)], t0=3000)
+    runs = CMP.rank([CMP.load_run(d) for d in (a, b, plain)])
+    assert CMP.headers(runs)[-1] == "hellaswag acc_norm"
+    assert [row[-1] for row in CMP.table_rows(runs)] == ["0.2800", "0.1900", "-"]  # the last evaluation's
+    assert runs[1].task_curves["hellaswag"] == [(0, 0, 2.0, 0.01), (9, 9000, 20.0, pytest.approx(0.19))]
+    out = tmp_path / "report"
+    paths = CMP.write_report(runs, str(out))
+    assert str(out / "hellaswag_vs_tokens_flops.png") in paths
+    assert (out / "hellaswag_vs_tokens_flops.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["hellaswag_acc_norm"] for r in rows] == ["0.28", "0.19", ""]
+    assert "![hellaswag vs tokens flops](hellaswag_vs_tokens_flops.png)" in (out / "report.md").read_text()

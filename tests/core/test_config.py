@@ -49,6 +49,8 @@ def test_every_preset_and_size_is_valid(preset, size):
     ({"init_from": "gpt2-xxl"}, r"init_from. must be scratch, resume, nanogpt:PATH, hf:NAME_OR_DIR, gpt2, gpt2-medium, "
                                  r"gpt2-large, gpt2-xl or FILE.safetensors; got .gpt2-xxl."),
     ({"mesh_data": -1, "mesh_fsdp": -1}, r"only one of mesh_data and mesh_fsdp may be -1"),
+    ({"eval_tasks": "hellaswg"}, r"option 'eval_tasks': unknown task 'hellaswg' \(did you mean 'hellaswag'\?\)"),
+    ({"eval_tasks_input": "hs.jsonl"}, r"option 'eval_tasks_input' is the data file of one task"),
     ({"size": "huge"}, r"option 'size' must be one of"),
 ])
 def test_bad_values_get_one_clear_line(flat, pattern):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from modgpt import cli
@@ -75,8 +76,12 @@ def run(opt: Settings, cfg: C.Config, loglik) -> int:
         results = []
         for name in opt.tasks:
             items = load_items(name, opt.input, cfg, opt.limit)
+            t0 = time.perf_counter()
             res = TK.score(name, items, tok.encode, cfg.model.block_size, loglik, opt.skip_unencodable)
+            dt = time.perf_counter() - t0
             print(res.summary(), flush=True)
+            print(f"{name}: scored {res.n} items in {dt:.1f} s ({res.n / max(dt, 1e-9):.1f} items/s, "
+                  f"compilation included)", flush=True)
             results.append(res)
     except D.DataError as e:
         cli.fail(str(e))

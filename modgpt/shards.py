@@ -68,6 +68,11 @@ class SplitWriter:
                 raise DataError(f"'{p}' is missing or has the wrong size; start over with --overwrite")
         self.open_tokens = state["open_tokens"]
         want = self.open_tokens * self.dtype.itemsize
+        final = self.partial[: -len(".partial")]
+        if not os.path.exists(self.partial) and os.path.isfile(final) and os.path.getsize(final) >= want:
+            # finished and renamed after the last record (killed before the next one): not complete as
+            # far as the record goes, so it is the open shard again, written on from its recorded length
+            os.replace(final, self.partial)
         if os.path.exists(self.partial) and os.path.getsize(self.partial) >= want:
             os.truncate(self.partial, want)
         elif want:

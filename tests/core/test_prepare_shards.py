@@ -100,14 +100,14 @@ def _wait_for(path, timeout=60.0):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("how", ["fault_hook", "sigkill"])
+@pytest.mark.parametrize("how", ["fault_hook", "renamed_after_record", "sigkill"])
 def test_killed_and_rerun_gives_the_bytes_of_an_uninterrupted_run(corpus, tmp_path, how):
     """kill -9 after a recorded batch (the fault hook pauses it there) or at an arbitrary moment (a real
     signal once shards are being written): the rerun continues and every shard and meta.json equal
     an uninterrupted run's."""
     data = tmp_path / "data"
     assert _cli(corpus, data, "ref").wait(timeout=300) == 0
-    if how == "fault_hook":
+    if how != "sigkill":
         p = _cli(corpus, data, "k", env={"MODGPT_TEST_FAULT": "prepare@4:pause"})
         for line in p.stdout:
             if line.startswith("[test fault] pause in prepare"):
@@ -118,6 +118,9 @@ def test_killed_and_rerun_gives_the_bytes_of_an_uninterrupted_run(corpus, tmp_pa
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     assert (data / "k" / shards.STATE).exists() and not (data / "k" / "meta.json").exists()
+    if how == "renamed_after_record":  # as if killed just after the open shard filled and was renamed
+        partial = next(f for f in os.listdir(data / "k") if f.startswith("train_") and f.endswith(".partial"))
+        os.replace(data / "k" / partial, data / "k" / partial[: -len(".partial")])
     again = _cli(corpus, data, "k")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0 and "continuing after" in err, err[-2000:]

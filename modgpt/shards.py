@@ -77,6 +77,16 @@ class SplitWriter:
             os.truncate(self.partial, want)
         elif want:
             raise DataError(f"'{self.partial}' is shorter than recorded; start over with --overwrite")
+        self.drop_unrecorded()
+
+    def drop_unrecorded(self) -> None:
+        """Delete this split's shard files past the open one: written after the last record (or before
+        any), they would be appended to or taken for finished; they are written again."""
+        prefix, first = f"{self.split}_", len(self.shards) + (1 if self.open_tokens else 0)
+        for f in os.listdir(self.out):
+            stem = f[len(prefix):].split(".", 1)[0]
+            if f.startswith(prefix) and stem.isdigit() and int(stem) >= first and f.endswith((".bin", ".bin.partial")):
+                os.unlink(os.path.join(self.out, f))
 
     def state(self) -> dict:
         return {"shards": self.shards, "open_tokens": self.open_tokens}
@@ -216,6 +226,9 @@ def run(out: str, units: Iterator[tuple[str, bool]], spec: tuple, identity: dict
             w.restore(state["splits"][s])
         done = state["units_done"]
         log.resumed(done, {s: w.tokens for s, w in writers.items()})
+    else:  # killed before its first record: whatever it wrote is unrecorded
+        for w in writers.values():
+            w.drop_unrecorded()
     from modgpt.io import fault
     n_batch = 0
 

@@ -118,9 +118,11 @@ def test_killed_and_rerun_gives_the_bytes_of_an_uninterrupted_run(corpus, tmp_pa
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     assert (data / "k" / shards.STATE).exists() and not (data / "k" / "meta.json").exists()
-    if how == "renamed_after_record":  # as if killed just after the open shard filled and was renamed
+    if how == "renamed_after_record":  # as if killed just after the open shard filled and was renamed,
         partial = next(f for f in os.listdir(data / "k") if f.startswith("train_") and f.endswith(".partial"))
         os.replace(data / "k" / partial, data / "k" / partial[: -len(".partial")])
+        for f in ("train_000009.bin.partial", "val_000003.bin.partial", "train_000010.bin"):  # and later ones begun
+            (data / "k" / f).write_bytes(b"\x01\x02" * 50)
     again = _cli(corpus, data, "k")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0 and "continuing after" in err, err[-2000:]
@@ -287,3 +289,14 @@ def test_named_corpus_offline_is_one_line_and_writes_nothing(tmp_path, monkeypat
     assert err.startswith("error: could not stream HuggingFaceFW/fineweb-edu (sample-10BT) from the Hugging Face Hub")
     assert err.endswith("copy them here and run `python -m modgpt.prepare text --input DIR`") and "\n" not in err
     assert not (tmp_path / "fineweb-edu").exists()
+
+
+def test_a_prepare_killed_before_its_first_record_starts_clean(corpus, tmp_path):
+    """Shard files left by a run killed before it recorded anything are not appended to."""
+    ref = _prepare(corpus, tmp_path, "ref")
+    k = tmp_path / "data" / "k"
+    k.mkdir()
+    (k / "train_000000.bin.partial").write_bytes(b"\x07\x00" * 999)
+    (k / "val_000000.bin.partial").write_bytes(b"\x07\x00" * 5)
+    out = _prepare(corpus, tmp_path, "k")
+    assert D.load_meta(out)["shards"] == D.load_meta(ref)["shards"]

@@ -56,7 +56,8 @@ def test_per_ending_logliks_and_choices_agree(char_data, shakespeare_path, prese
     assert (got["jax"].acc, got["jax"].acc_norm) == (got["torch"].acc, got["torch"].acc_norm)
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+# CI runs torch's: the options and refusals are the core's; the JAX command is run by the next test too
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_evaluate_command_scores_a_run_and_refuses_bad_input(run_cli, data_dir, tmp_path, shakespeare_path, backend):
     f = tmp_path / "hs.jsonl"
     f.write_text("".join(json.dumps({"ctx": it.context, "endings": [e[1:] for e in it.endings], "label": it.label})

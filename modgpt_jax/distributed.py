@@ -89,3 +89,13 @@ class StopVote:
             return flag
         previous, self.pending = self.pending, self._start(flag)
         return previous is not None and int(previous) > 0
+
+
+def inference_platform(device: str) -> None:
+    """sample/evaluate start-up: the host allocator setting (before jax starts its threads), the
+    platform pinned, an unavailable one refused in one line."""
+    from modgpt import cli, hostmem
+    hostmem.keep_freed_blocks(device)
+    pin_platform(device)
+    if (why := platform_error(device)) is not None:
+        cli.fail(why)

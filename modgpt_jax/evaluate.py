@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from modgpt import cli, hostmem
+from modgpt import cli
 from modgpt import evaluate as E
 
 
@@ -24,11 +24,8 @@ def loglik_fn(model):
 
 def main(argv=None) -> int:
     opt = E.settings("python -m modgpt_jax.evaluate", argv)
-    hostmem.keep_freed_blocks(opt.device)  # before jax starts its threads (modgpt/hostmem.py)
-    from modgpt_jax.distributed import pin_platform, platform_error
-    pin_platform(opt.device)
-    if (why := platform_error(opt.device)) is not None:
-        cli.fail(why)
+    from modgpt_jax.distributed import inference_platform
+    inference_platform(opt.device)
     from modgpt_jax.checkpoint import CheckpointError, exit_if_unreadable
     from modgpt_jax.inference import load_model
     try:

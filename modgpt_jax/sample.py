@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from modgpt import cli, commands, hostmem
+from modgpt import cli, commands
 from modgpt import data as D
 
 
 def main(argv=None) -> int:
     opt = commands.sample_settings("python -m modgpt_jax.sample", argv)
-    hostmem.keep_freed_blocks(opt.device)  # before jax starts its threads (modgpt/hostmem.py)
-    from modgpt_jax.distributed import pin_platform, platform_error
-    pin_platform(opt.device)
-    if (why := platform_error(opt.device)) is not None:
-        cli.fail(why)
+    from modgpt_jax.distributed import inference_platform
+    inference_platform(opt.device)
     from modgpt_jax.checkpoint import CheckpointError, exit_if_unreadable
     from modgpt_jax.inference import generate, load_model
     try:

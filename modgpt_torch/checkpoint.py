@@ -133,3 +133,14 @@ def load_model_state(model, state: dict, path: str) -> None:
     except RuntimeError as e:
         first = " ".join(str(e).split())[:300]
         raise CheckpointError(f"checkpoint '{path}' does not fit the run's architecture ({first})") from None
+
+
+def inference_device(requested: str) -> str:
+    """The device sample/evaluate load onto: CUDA when there is one unless --device=cpu; asking for
+    CUDA without one is one error line."""
+    import torch
+
+    from modgpt import cli
+    if requested in ("cuda", "gpu") and not torch.cuda.is_available():
+        cli.fail(f"device={requested} but no CUDA device is available; use --device=cpu")
+    return "cuda" if torch.cuda.is_available() and requested != "cpu" else "cpu"

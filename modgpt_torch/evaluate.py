@@ -22,12 +22,8 @@ def loglik_fn(model, device):
 
 def main(argv=None) -> int:
     opt = E.settings("python -m modgpt_torch.evaluate", argv)
-    import torch
-
     from modgpt_torch import checkpoint as CK
-    device = "cuda" if torch.cuda.is_available() and opt.device != "cpu" else "cpu"
-    if opt.device in ("cuda", "gpu") and not torch.cuda.is_available():
-        cli.fail(f"device={opt.device} but no CUDA device is available; use --device=cpu")
+    device = CK.inference_device(opt.device)
     try:
         model, cfg, _ = CK.load_model(opt.out_dir, device=device)
     except CK.CheckpointError as e:

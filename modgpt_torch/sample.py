@@ -34,9 +34,7 @@ def end_of_run_sample(model, cfg, device, max_chars: int = 200, temperature: flo
 def main(argv=None) -> int:
     opt = commands.sample_settings("python -m modgpt_torch.sample", argv)
     from modgpt_torch import checkpoint as CK
-    device = "cuda" if torch.cuda.is_available() and opt.device != "cpu" else "cpu"
-    if opt.device in ("cuda", "gpu") and not torch.cuda.is_available():
-        cli.fail(f"device={opt.device} but no CUDA device is available; use --device=cpu")
+    device = CK.inference_device(opt.device)
     try:
         model, cfg, ck = CK.load_model(opt.out_dir, device=device)
         data = D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)

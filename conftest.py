@@ -58,3 +58,72 @@ def run_main(capsys):
             code = e.code
         return code, capsys.readouterr()
     return run
+
+
+class Trackers:
+    """Readers of what the trackers wrote (modgpt.track): W&B's offline run files and TensorBoard's
+    event files, each with its own package's formats."""
+
+    @staticmethod
+    def wandb_sessions(out_dir) -> list[dict]:
+        """Each offline W&B run under out_dir/wandb, oldest first: {"id", "name", "project", "tags",
+        "config" (the config updates merged), "history": [{key: value} per logged row], "summary"}.
+        The .wandb file is W&B's record log: a 7-byte header, then LevelDB-log framed protobuf
+        Records in 32 KiB blocks (read here with wandb's own protobuf classes)."""
+        import glob
+        import json
+        import struct
+
+        from wandb.proto import wandb_internal_pb2 as pb
+        out = []
+        for f in sorted(glob.glob(os.path.join(str(out_dir), "wandb", "offline-run-*", "run-*.wandb"))):
+            b = open(f, "rb").read()
+            assert b[:4] == b":W&B", f
+            pos, block, chunks, buf = 7, 32768, [], b""
+            while pos + 7 <= len(b):
+                room = block - pos % block
+                if room < 7:
+                    pos += room
+                    continue
+                _crc, n, kind = struct.unpack("<IHB", b[pos:pos + 7])
+                if n == 0 and kind == 0:
+                    break
+                buf += b[pos + 7:pos + 7 + n]
+                pos += 7 + n
+                if kind in (1, 4):  # a whole record, or the last piece of one
+                    chunks.append(buf)
+                    buf = b""
+            s = {"history": [], "config": {}, "summary": {}}
+            for c in chunks:
+                r = pb.Record()
+                r.ParseFromString(c)
+                what = r.WhichOneof("record_type")
+                items = ()
+                if what == "run":
+                    s.update(id=r.run.run_id, name=r.run.display_name, project=r.run.project,
+                             tags=list(r.run.tags))
+                    items = r.run.config.update
+                elif what == "config":
+                    items = r.config.update
+                elif what == "history":
+                    row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+                    s["history"].append({k: v for k, v in row.items() if not k.startswith("_")})  # W&B's own
+                elif what == "summary":
+                    s["summary"].update({u.key: json.loads(u.value_json) for u in r.summary.update if u.key})
+                for u in items:
+                    s["config"][u.key or "/".join(u.nested_key)] = json.loads(u.value_json)
+            out.append(s)
+        return out
+
+    @staticmethod
+    def tensorboard(logdir):
+        """TensorBoard's own reader over the directory (restart markers applied)."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        ea = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
+        ea.Reload()
+        return ea
+
+
+@pytest.fixture(scope="session")
+def trackers():
+    return Trackers

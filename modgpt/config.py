@@ -180,6 +180,14 @@ class TrainConfig:
     eval_tasks: str = opt("", "multiple-choice tasks scored at each evaluation, comma-separated (hellaswag)")
     eval_tasks_input: str = opt("", "the task's data file (default: downloaded once into data_dir/<task>/)")
     eval_tasks_limit: int = opt(0, "score only the first N items of each task at each evaluation; 0 = all")
+    wandb: bool = opt(False, "log to Weights & Biases (pip install 'modgpt[track]'); WANDB_MODE=offline "
+                             "writes the run locally for `wandb sync`")
+    wandb_project: str = opt("modgpt", "W&B project")
+    wandb_entity: str = opt("", "W&B entity (team or user); empty = your default")
+    wandb_run_name: str = opt("", "W&B run name; empty = the architecture name")
+    wandb_tags: str = opt("", "W&B tags, comma-separated")
+    tensorboard: bool = opt(False, "write TensorBoard event files (pip install 'modgpt[track]')")
+    tensorboard_dir: str = opt("", "TensorBoard log directory; empty = out_dir/tensorboard")
 
 
 @dataclass(frozen=True)

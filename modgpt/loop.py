@@ -209,6 +209,9 @@ def setup(args, backend: str, has_accelerator: bool, is_main: bool = True, write
     origin = {k: args.origin(k) or ("CPU budget" if k in budget else "the resumed run" if resume else "default")
               for k in SCHEDULE_KEYS}
     cfg, schedule = resolve_schedule(cfg, explicit, origin, follow=not resume)
+    if is_main:  # a tracker that cannot start is refused before data or out_dir are touched
+        from modgpt import track
+        track.check(cfg)
     data_path = ensure_data(cfg, verbose=is_main) if is_main else D.dataset_dir(cfg.train.data_dir, cfg.train.dataset)
     meta = D.load_meta(data_path)
     for split in D.SPLITS:  # a truncated .bin is refused here, before out_dir is touched
@@ -336,6 +339,11 @@ def iter_stats(cfg: C.Config, loss: float, lr: float, grad_norm: float, dt: floa
 
 
 def open_log(run: Run, enabled: bool) -> RunLog:
-    return RunLog(run.out_dir, enabled=enabled)
+    """The run log, with the trackers the run asks for (modgpt.track) on the process that writes it."""
+    sinks = []
+    if enabled and (run.cfg.train.wandb or run.cfg.train.tensorboard):
+        from modgpt import track
+        sinks = track.open_sinks(run)
+    return RunLog(run.out_dir, enabled=enabled, sinks=sinks)
 
 

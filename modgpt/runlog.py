@@ -11,13 +11,16 @@ One JSON object per line, each with "type":
   end     {type, time, iter, status, wall_time, best_val_loss, message}
           status: completed | interrupted | failed
 Each record is written with one write() of one line and flushed, so a killed run leaves a log
-whose every complete line parses; a torn last line is skipped by the reader.
+whose every complete line parses; a torn last line is skipped by the reader. After the line, the
+record goes to each sink (the trackers of modgpt.track: sink.record(rec), sink.close()); a sink
+that raises is warned about once and dropped, and the JSONL log goes on.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -35,9 +38,10 @@ def _clean(v: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, out_dir: str, enabled: bool = True):
+    def __init__(self, out_dir: str, enabled: bool = True, sinks: list | None = None):
         self.path = os.path.join(out_dir, LOG_NAME)
         self.enabled = enabled
+        self.sinks = list(sinks or []) if enabled else []
         self.t0 = time.time()
         if enabled:
             os.makedirs(out_dir, exist_ok=True)
@@ -53,6 +57,21 @@ class RunLog:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+        for sink in list(self.sinks):
+            self._call(sink, "failed", sink.record, rec)
+
+    def _call(self, sink, what: str, fn, *a) -> None:
+        try:
+            fn(*a)
+        except Exception as e:  # a tracker never stops training: one warning, then the run goes on without it
+            self.sinks.remove(sink)
+            warn(sink.name, e, what)
+
+    def close(self) -> None:
+        """Finish the sinks (those the end record has not finished already)."""
+        for sink in list(self.sinks):
+            self._call(sink, "failed to close", sink.close)
+        self.sinks = []
 
     def header(self, **fields: Any) -> None:
         self.write("header", **fields)
@@ -68,6 +87,13 @@ class RunLog:
 
     def end(self, status: str, **fields: Any) -> None:
         self.write("end", status=status, wall_time=time.time() - self.t0, **fields)
+
+
+def warn(name: str, e: BaseException, what: str) -> None:
+    """A tracker's one warning (modgpt.track): it is dropped, the run and this log go on."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    print(f"warning: {name} {what} ({type(e).__name__}: {first}); the run goes on without it, {LOG_NAME} "
+          f"has every record", file=sys.stderr, flush=True)
 
 
 def read(path: str) -> list[dict]:

@@ -155,7 +155,10 @@ def train(run, trainer: Trainer, sampler, init_tensors, is_main: bool, stop: Sto
         log.event("resumed", iter=start, message=f"resumed from checkpoint {start}")
     tl = TrainLoop(run, trainer, log, prog, stop, start=start, best=best, skipped=skipped,
                    last_ckpt=trainer.checkpoint_path(start) if restored else None, peak=peak, n_devices=n_dev)
-    rc = tl.run()
+    try:
+        rc = tl.run()
+    finally:
+        log.close()
     if tl.completed and t.max_iters > 0 and t.sample_at_end:
         from modgpt_jax.inference import end_of_run_sample, host_model
         model = host_model(trainer.graphdef, trainer.params)  # collective: every process gathers

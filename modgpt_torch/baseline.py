@@ -170,6 +170,7 @@ def train(run) -> int:
             log.iter(iter=it, **loop.iter_stats(cfg, lossf, lr, float(norm), dt, peak, 1, mem,
                                                 (it + 1) * loop.tokens_per_iter(cfg), 0))
     log.end("completed", iter=t.max_iters, message="baseline run")
+    log.close()
     print(f"done: {t.max_iters} iterations, last loss {lossf:.4f}", flush=True)
     return 0
 

@@ -215,7 +215,10 @@ def train(run, model, ck, stop: StopFlag, d: P.Dist, device) -> int:
             log.event("resumed", iter=start, message=f"from {last_ckpt}")
     tl = TrainLoop(run, trainer, log, progress, stop, start=start, best=best, skipped=skipped,
                    last_ckpt=last_ckpt, peak=peak, n_devices=d.world)
-    rc = tl.run()
+    try:
+        rc = tl.run()
+    finally:
+        log.close()
     if tl.completed and t.max_iters > 0 and t.sample_at_end:
         from modgpt_torch.sample import end_of_run_sample
         sample_model = P.full_model(trainer.raw, cfg.system.parallel, d, device)

@@ -77,13 +77,23 @@ def test_resume_on_another_mesh(runs, train_main, iter_losses, tmp_path):
     assert header["resumed_from"] == N and "fsdp=8" in header["parallel"]
 
 
-def test_cli_fsdp8_sample_export(cli, data_dir, tmp_path, capsys):
-    """`python -m modgpt_jax.train` in a subprocess on 8 fake devices as pure FSDP; then sample and export."""
+def test_cli_fsdp8_sample_export(cli, data_dir, tmp_path, capsys, trackers):
+    """`python -m modgpt_jax.train` in a subprocess on 8 fake devices as pure FSDP, with both trackers
+    (W&B offline); then sample and export."""
     out = tmp_path / "run"
     p = cli("modgpt_jax.train", "--preset=llama", "--size=tiny", "--mesh_fsdp=8", "--mesh_data=1",
             "--batch_size=8", "--max_iters=4", "--eval_interval=2", "--eval_iters=1", "--log_interval=1",
-            "--dropout=0.1", "--progress=False", f"--data_dir={data_dir}", f"--out_dir={out}")
+            "--dropout=0.1", "--progress=False", f"--data_dir={data_dir}", f"--out_dir={out}",
+            "--wandb=True", "--wandb_run_name=fsdp8", "--tensorboard=True", env={"WANDB_MODE": "offline"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    losses = {r["iter"]: r["loss"] for r in runlog.read(out) if r["type"] == "iter"}
+    [wb] = trackers.wandb_sessions(out)
+    assert wb["name"] == "fsdp8" and wb["config"]["run"]["backend"] == "jax" and wb["config"]["system"]["mesh_fsdp"] == 8
+    assert {r["iter"]: r["train/loss"] for r in wb["history"] if "train/loss" in r} == losses
+    assert [r["iter"] for r in wb["history"] if "val/loss" in r] == [0, 2, 4]
+    ea = trackers.tensorboard(out / "tensorboard")
+    assert [(e.step, e.value) for e in ea.Scalars("train/loss")] == [(i, pytest.approx(v, rel=1e-6))
+                                                                     for i, v in losses.items()]  # float32 in TB
     assert "FSDP: mesh data=1 x fsdp=8" in p.stdout and "cpu x8" in p.stdout
     if sys.platform.startswith("linux") and not {"MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD",
                                                  "MODGPT_HOST_MALLOC"} & set(os.environ):

@@ -165,6 +165,17 @@ def build_case(name, backend, tmp_path, data_dir, reference):
                 fh.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
             needles = [f"{f}: not a readable safetensors file"]
         return mod, args + [f"--init_from={f}"], env, watch + [f], needles
+    if name == "wandb_not_installed":  # a directory that shadows the package with one that fails to import
+        shim = tmp_path / "shim" / "wandb"
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text("raise ImportError(\"No module named 'wandb'\")\n")
+        return mod, args + ["--wandb=True"], {"PYTHONPATH": str(shim.parent)}, watch, [
+            "option 'wandb': the wandb package is not installed; pip install 'modgpt[track]'"]
+    if name == "wandb_not_logged_in":  # online, no key anywhere: refused before training, not mid-run
+        home = str(tmp_path / "home")
+        return mod, args + ["--wandb=True"], {"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": home,
+                                              "NETRC": os.path.join(home, "netrc"), "WANDB_CONFIG_DIR": home}, watch, [
+            "option 'wandb': not logged in to Weights & Biases", "wandb login", "WANDB_MODE=offline"]
     if name == "export_existing_target":  # an export never replaces a file unasked
         copy_run(backend)
         f = tmp_path / "w.safetensors"
@@ -196,7 +207,7 @@ CASES = ["unknown_option", "wrong_type", "wrong_bool", "unknown_component", "unk
          "corrupt_checkpoint", "partial_checkpoint", "init_missing_tensor", "init_misshaped_tensor",
          "init_not_safetensors", "init_nanogpt_missing", "init_nanogpt_unreadable", "init_conflicting_option",
          "sample_without_checkpoint", "sample_empty_dir", "sample_other_backend", "sample_other_option",
-         "export_existing_target"]
+         "export_existing_target", "wandb_not_installed", "wandb_not_logged_in"]
 
 
 @pytest.mark.parametrize("case", CASES)

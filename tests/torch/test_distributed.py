@@ -17,7 +17,7 @@ pytestmark = pytest.mark.distributed
 ARGS = ["--size=tiny", "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_interval=2",
         "--eval_iters=1", "--log_interval=1", "--learning_rate=3e-3", "--warmup_iters=1",
         "--lr_decay_iters=3"]  # one schedule for 3 iterations, also when a run is done in two parts
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 
 def train(out, data_dir, *extra, nproc=1):
@@ -60,16 +60,40 @@ def test_parallel_matches_single_process(mode, single, data_dir, tmp_path):
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
 
 
-def test_fsdp_resume(single, data_dir, tmp_path):
-    """Checkpoints gather full state dicts on rank 0 (see parallel.full_state); resume reshards."""
+def test_fsdp_resume(single, data_dir, tmp_path, trackers):
+    """Checkpoints gather full state dicts on rank 0 (see parallel.full_state); resume reshards.
+    With both trackers on: only rank 0 writes them, and the resumed session continues the same W&B
+    run and TensorBoard directory with no metric at an iteration twice."""
     out = str(tmp_path / "fsdp")
-    train(out, data_dir, "--max_iters=2", "--parallel=fsdp", nproc=2)
+    track = ["--wandb=True", "--tensorboard=True", "--wandb_tags=a,b"]
+    first = train(out, data_dir, "--max_iters=2", "--parallel=fsdp", *track, nproc=2)
     train(out, data_dir, "--max_iters=3", "--parallel=fsdp", "--init_from=resume", nproc=2)
     ref, got = losses(single), losses(out)
     assert abs(ref[2] - got[2]) < 2e-5
     a, b = params(single), params(out)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+
+    sessions = trackers.wandb_sessions(out)  # one offline W&B run per session: rank 0's alone
+    assert len(sessions) == 2 and sessions[0]["id"] == sessions[1]["id"]
+    assert first.stdout.count("wandb: offline; this session's run is written to ") == 1
+    assert "`wandb sync " in first.stdout
+    s = sessions[0]
+    assert s["project"] == "modgpt" and s["tags"] == ["a", "b"] and s["name"] == s["config"]["run"]["arch_name"]
+    assert s["config"]["model"]["n_layer"] == 2 and s["config"]["run"]["backend"] == "torch"
+    rows = [r for s in sessions for r in s["history"]]
+    wb = {(r["iter"], k): v for r in rows for k, v in r.items() if k != "iter"}
+    assert len(wb) == sum(len(r) - 1 for r in rows)  # no metric twice at one iteration
+    assert {it: v for (it, k), v in wb.items() if k == "train/loss"} == got
+    evals = {r["iter"]: r["val_loss"] for r in runlog.read(out) if r["type"] == "eval"}
+    assert {it: v for (it, k), v in wb.items() if k == "val/loss"} == evals
+    assert sessions[1]["summary"]["end/status"] == "completed"
+
+    ea = trackers.tensorboard(os.path.join(out, "tensorboard"))
+    assert len(os.listdir(os.path.join(out, "tensorboard"))) == 2  # one events file per session
+    tb = [(e.step, e.value) for e in ea.Scalars("train/loss")]
+    assert [it for it, _ in tb] == sorted(got) and all(abs(v - got[it]) < 1e-6 for it, v in tb)  # float32 in TB
+    assert [e.step for e in ea.Scalars("val/loss")] == sorted(evals)
 
 
 @pytest.mark.parametrize("extra,msg", [

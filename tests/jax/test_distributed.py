@@ -41,7 +41,8 @@ def start_two(data_dir, out, *args, fault: str | None = None) -> list:
         env = {k: v for k, v in os.environ.items() if k != "MODGPT_TEST_FAULT"}
         env.update({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONUNBUFFERED": "1",
                     "MODGPT_CPU_COLLECTIVES": "gloo", "MODGPT_COORDINATOR": f"127.0.0.1:{port}",
-                    "MODGPT_NUM_PROCESSES": "2", "MODGPT_PROCESS_ID": str(i)}, **({"MODGPT_TEST_FAULT": fault} if fault else {}))
+                    "MODGPT_NUM_PROCESSES": "2", "MODGPT_PROCESS_ID": str(i), "WANDB_MODE": "offline"},
+                   **({"MODGPT_TEST_FAULT": fault} if fault else {}))
         procs.append(subprocess.Popen([sys.executable, "-m", "modgpt_jax.train", *ARGS, *args,
                                        f"--data_dir={data_dir}", f"--out_dir={out}"], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -61,13 +62,16 @@ def finish(procs) -> list[tuple[str, str]]:
     return outs
 
 
-def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses):
+def test_two_processes_match_one(data_dir, tmp_path, train_steps, iter_losses, trackers):
     out = tmp_path / "mp"
-    procs = start_two(data_dir, out)
+    procs = start_two(data_dir, out, "--wandb=True", "--tensorboard=True")
     outs = finish(procs)
     main_out, other_out = outs[0][0], outs[1][0]
     assert "FSDP: mesh data=1 x fsdp=4 (2 process(es))" in main_out and "cpu x4" in main_out
     assert "iter 0/" in main_out and "iter 0/" not in other_out  # only process 0 reports
+    # and only process 0 tracks: one W&B run, one TensorBoard events file
+    assert "wandb: offline" in main_out and "wandb" not in other_out
+    assert len(trackers.wandb_sessions(out)) == 1 and len(os.listdir(out / "tensorboard")) == 1
     assert "sample (seed 1337" in main_out
 
     # the same config on one process with 4 devices (the in-process Trainer, the same batches and schedule)

@@ -1,5 +1,6 @@
-# The classic architecture experiment: GPT-2, then GPT-2 with one llama component at a time, then llama.
-# Every run gets the same data, seed and token budget; the report lands in runs/classic/report.md.
+# The classic architecture experiment: GPT-2, then GPT-2 with one llama component at a time, then llama,
+# each with 3 seeds. Every run gets the same data and token budget, and for one seed the same batches;
+# the report (means, 95% intervals, paired tests against gpt2) lands in runs/classic/report.md.
 #   python -m modgpt.sweep configs/sweep_classic.py --backend=torch          # GPU: minutes per run
 #   python -m modgpt.sweep configs/sweep_classic.py --size=cpu --max_iters=300 --lr_decay_iters=300 \
 #       --batch_size=32 --eval_interval=100 --eval_iters=20                   # CPU: a few minutes per run
@@ -18,4 +19,5 @@ max_iters = 2000
 lr_decay_iters = 2000
 eval_interval = 250
 eval_iters = 100
-seed = 1337
+seed = 1337  # the first of the seeds
+seeds = 3

@@ -23,7 +23,9 @@ from modgpt.io import write_bytes, write_text
 WARMUP_NOTE = ("tokens/s and MFU: median of the iter records of each run, leaving out the first 10% "
                "(at least one) of every run segment as compile/warm-up")
 # Training options that change what is learned or measured; the rest (paths, logging) do not.
-TRAIN_NEUTRAL = {"out_dir", "data_dir", "progress", "log_interval", "keep_checkpoints", "compile", "sample_at_end"}
+TRAIN_NEUTRAL = {"out_dir", "data_dir", "progress", "log_interval", "keep_checkpoints", "compile", "sample_at_end",
+                 "wandb", "wandb_project", "wandb_entity", "wandb_run_name", "wandb_tags", "tensorboard",
+                 "tensorboard_dir"}
 PLOTS = (("step", "step", "iteration"), ("tokens", "tokens", "tokens seen"),
          ("flops", "flops", "training FLOPs (tokens x FLOPs/token)"), ("time", "time", "wall-clock seconds"))
 # CSV columns: Run attribute names (raw numbers, machine-readable), "run" being the name.
@@ -338,11 +340,11 @@ def _model_diff(a: dict, b: dict) -> list[str]:
     return [k for k, sec in C.KEY_SECTION.items() if sec == "model" and a.get(k) != b.get(k)]
 
 
-def _train_diff(a: dict, b: dict) -> list[str]:
+def _train_diff(a: dict, b: dict, ignore: tuple = ()) -> list[str]:
     def norm(k, v):
         return "scratch" if k == "init_from" and v == "resume" else v  # a resumed run is still from scratch
     return [k for k, sec in C.KEY_SECTION.items() if sec == "train" and k not in TRAIN_NEUTRAL
-            and norm(k, a.get(k)) != norm(k, b.get(k))]
+            and k not in ignore and norm(k, a.get(k)) != norm(k, b.get(k))]
 
 
 def _named_change(keys: list[str]) -> bool:
@@ -378,12 +380,171 @@ def impact(runs: list[Run]) -> tuple[list[str], list[str]]:
             lines.append(line)
     if len(usable) > 1:
         ref = usable[0]
+        ignore = ("seed",) if seeded(runs) else ()  # seeds are the replicates of a seeded comparison
         for r in usable[1:]:
-            keys = _train_diff(ref.config, r.config)
+            keys = _train_diff(ref.config, r.config, ignore)
             if keys:
                 warns.append(f"{r.name} differs from {ref.name} in training options ({', '.join(keys)}): "
                              f"loss differences are not due to the architecture alone")
     return lines, warns
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds: runs that differ only in their seed, compared as variants (modgpt.stats).
+SEED_CSV = ("axis", "at", "variant", "change", "n", "seeds", "mean", "sd", "ci_lo", "ci_hi", "best_mean", "best_sd",
+            "diff", "diff_ci_lo", "diff_ci_hi", "p", "test", "effect_size", "verdict")
+AXES = (("tokens", "equal tokens", "tokens"), ("flops", "equal training FLOPs", "FLOPs"))
+
+
+def one_change(base: dict | None, other: dict | None) -> str:
+    """The model option (or named change) by which other differs from base, or "" when not one."""
+    if not base or not other:
+        return ""
+    keys = _model_diff(base, other)
+    for name, ch in CHANGES.items():
+        if keys and set(ch) == set(keys) and all(str(other.get(k)) == str(v) for k, v in ch.items()):
+            return f"+{name}"
+    if len(keys) == 1:
+        return f"{keys[0]}: {base.get(keys[0])} -> {other.get(keys[0])}"
+    return ""
+
+
+def seeded(runs: list[Run]) -> bool:
+    from modgpt import stats as ST
+    return any(len(g.runs) > 1 for g in ST.group(runs))
+
+
+def seed_tables(runs: list[Run], metric: str) -> dict:
+    """axis -> stats rows of every variant against the first (the base)."""
+    from modgpt import stats as ST
+    groups = ST.group(runs)
+    base = groups[0].config
+    return {axis: ST.table(groups, metric, axis, lambda g: one_change(base, g.config)) for axis, _, _ in AXES}
+
+
+def _ci(lo, hi, fmt: str = ".4f") -> str:
+    return "-" if lo is None else f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def seed_row_cells(row) -> list[str]:
+    from modgpt import stats as ST
+    v, b, d = row.value, row.best, row.diff
+    return [row.group.name, str(len(row.group.runs)), _f(v and v.mean, ".4f"), _f(v and v.sd, ".4f"),
+            _ci(v and v.lo, v and v.hi), "-" if b is None else f"{b.mean:.4f} ± {_f(b.sd, '.4f')}",
+            "base" if d is None else f"{d.mean:+.4f}", "-" if d is None else _ci(d.lo, d.hi, "+.4f"),
+            "-" if d is None or d.p is None else f"{d.p:.3g}", "-" if d is None else d.test,
+            "-" if d is None or d.effect is None else f"{d.effect:+.2f}", "" if d is None else ST.verdict(d)]
+
+
+def seed_markdown(runs: list[Run], metric: str) -> list[str]:
+    tables = seed_tables(runs, metric)
+    name = METRICS[metric][2]
+    base = tables["tokens"][0].group
+    lines = ["## Seeds and significance", "",
+             f"Runs that differ only in their seed are one variant. Each variant's {name} is taken at the largest "
+             f"budget every run reached (interpolated between evaluations), at equal tokens and at equal training "
+             f"FLOPs, and compared with the base variant **{base.name}**: a paired t-test where the seeds pair up "
+             f"(a seed gives the same batches in every variant), Welch's t-test otherwise; 95% intervals; effect "
+             f"size Cohen's d (paired: the mean difference over the differences' sd). Negative differences are "
+             f"better. p >= 0.05 is marked not distinguishable from noise.", ""]
+    head = ["variant", "n", "mean", "sd", "95% CI", "best (mean ± sd)", "vs base", "95% CI", "p", "test",
+            "effect d", "verdict"]
+    for axis, title, unit in AXES:
+        rows = tables[axis]
+        at = rows[0].at
+        lines += [f"### At {title} ({_si(at)} {unit})" if at else f"### At {title} (no common budget)", "",
+                  "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in seed_row_cells(r)) + " |" for r in rows]
+        lines.append("")
+    ranked = sorted((r for r in tables["tokens"] if r.change and r.diff is not None), key=lambda r: r.diff.mean)
+    if ranked:
+        from modgpt import stats as ST
+        flops = {r.group.name: r for r in tables["flops"]}
+        lines += ["### Which component helps most", "",
+                  f"Variants one change away from {base.name}, ranked by the difference at equal tokens.", "",
+                  "| change | variant | vs base, equal tokens [95% CI] | p | verdict | vs base, equal FLOPs [95% CI] | p | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in ranked:
+            f = flops[r.group.name].diff
+            cells = [r.change, r.group.name, f"{r.diff.mean:+.4f} {_ci(r.diff.lo, r.diff.hi, '+.4f')}",
+                     _f(r.diff.p, ".3g"), ST.verdict(r.diff),
+                     "-" if f is None else f"{f.mean:+.4f} {_ci(f.lo, f.hi, '+.4f')}",
+                     "-" if f is None else _f(f.p, ".3g"), ST.verdict(f)]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return lines
+
+
+def seed_csv(runs: list[Run], metric: str) -> str:
+    """The seed tables' numbers, unrounded: the Markdown report's figures, machine-readable."""
+    from modgpt import stats as ST
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SEED_CSV)
+    for axis, rows in seed_tables(runs, metric).items():
+        for r in rows:
+            v, b, d = r.value, r.best, r.diff
+            vals = [axis, r.at, r.group.name, r.change, len(r.group.runs), " ".join(map(str, r.group.seeds)),
+                    v and v.mean, v and v.sd, v and v.lo, v and v.hi, b and b.mean, b and b.sd,
+                    d and d.mean, d and d.lo, d and d.hi, d and d.p, "" if d is None else d.test,
+                    d and d.effect, "" if d is None else ST.verdict(d)]
+            w.writerow(["" if x is None else x for x in vals])
+    return buf.getvalue()
+
+
+def plot_seeds(runs: list[Run], metric: str) -> bytes:
+    """PNG bytes: each variant's mean validation curve over its seeds, with a min-max band, against
+    tokens (left) and training FLOPs (right)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from modgpt import stats as ST
+    fig = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    for ax, (axis, title, unit) in zip(fig.subplots(1, 2), AXES):
+        for g in ST.group(runs):
+            curves = [ST.curve(r, metric, axis) for r in g.runs]
+            xs = sorted(set.intersection(*[{x for x, _ in c} for c in curves])) if all(curves) else []
+            if not xs:
+                continue
+            ys = [[dict(c)[x] for c in curves] for x in xs]
+            mean = [sum(y) / len(y) for y in ys]
+            line, = ax.plot(xs, mean, "-", marker="o", markersize=3, label=f"{g.name} (n={len(g.runs)})")
+            ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
+        ax.set_title(f"{METRICS[metric][2]}: mean over seeds, min-max band, vs {unit}")
+        ax.set_xlabel(unit)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def missing_runs(paths: list[str]) -> list[str]:
+    """Runs a sweep directory's sweep.json plans that have not completed: their names and state."""
+    import json
+    out = []
+    for p in paths:
+        plan = os.path.join(p, "sweep.json")
+        if not os.path.isfile(plan):
+            continue
+        try:
+            with open(plan) as f:
+                planned = json.load(f).get("runs", [])
+        except (OSError, ValueError):
+            continue
+        for r in planned:
+            d = r.get("dir", "")
+            d = d if os.path.isabs(d) or os.path.isdir(d) else os.path.join(p, os.path.basename(d))
+            try:
+                status = load_run(d).status
+            except CompareError:
+                status = "not started"
+            if status != "completed":
+                out.append(f"{os.path.basename(d)} ({status})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,19 +612,24 @@ def plot_task(runs: list[Run], task: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-def report_markdown(runs: list[Run], plots: list[str], title: str = "Run comparison", metric: str = "val_loss") -> str:
+def report_markdown(runs: list[Run], plots: list[str], title: str = "Run comparison", metric: str = "val_loss",
+                    missing: list[str] | None = None) -> str:
     """runs in input order: impact pairs read first -> second in that order (a sweep's base first)."""
     order, runs = runs, rank(runs, metric)
     by = "bits per byte" if metric == "val_bpb" else "validation loss"
     lines = [f"# {title}", "", f"{len(runs)} runs, sorted by best {by}. {WARMUP_NOTE}.", "",
              markdown_table(runs), ""]
     notes = [f"- **{r.name}**: {r.note}" for r in runs if r.note]
+    notes += [f"- **{m}**: planned by the sweep, missing from this report" for m in missing or []]
     if notes:
         lines += ["## Unfinished or failed runs", ""] + notes + [""]
     att, warns = impact(order)
-    lines += ["## Impact", "", "Pairs of runs whose model configs differ in one option (or one named change); "
-              "the difference is the second run's best val loss minus the first's.", ""]
-    lines += [f"- {x}" for x in att] or ["- no pair of runs differs in exactly one model option"]
+    if seeded(order):
+        lines += seed_markdown(order, metric)
+    else:
+        lines += ["## Impact", "", "Pairs of runs whose model configs differ in one option (or one named change); "
+                  "the difference is the second run's best val loss minus the first's.", ""]
+        lines += [f"- {x}" for x in att] or ["- no pair of runs differs in exactly one model option"]
     if warns:
         lines += ["", "Warnings:", ""] + [f"- WARNING {w}" for w in warns]
     lines += ["", "## Loss curves", "", "The FLOPs view is the compute-fair one: architectures differ in FLOPs "
@@ -472,9 +638,16 @@ def report_markdown(runs: list[Run], plots: list[str], title: str = "Run compari
     return "\n".join(lines) + "\n"
 
 
-def write_report(runs: list[Run], out_dir: str, title: str = "Run comparison", metric: str = "val_loss") -> list[str]:
-    """Write report.md, results.csv and the four plots into out_dir (atomically); return the paths."""
+def write_report(runs: list[Run], out_dir: str, title: str = "Run comparison", metric: str = "val_loss",
+                 missing: list[str] | None = None) -> list[str]:
+    """Write report.md, results.csv and the four plots (with seeds: also seeds.csv and the mean-curve
+    plot) into out_dir (atomically); return the paths."""
     paths, plots = [], []
+    if seeded(runs):
+        write_text(os.path.join(out_dir, "seeds.csv"), seed_csv(runs, metric))
+        write_bytes(os.path.join(out_dir, "seeds_mean_curves.png"), plot_seeds(runs, metric))
+        plots.append("seeds_mean_curves.png")
+        paths.append(os.path.join(out_dir, "seeds.csv"))
     for name, kind, xlabel in PLOTS:
         fname = f"loss_vs_{name}.png"
         write_bytes(os.path.join(out_dir, fname), plot(rank(runs, metric), kind, xlabel, metric))
@@ -485,16 +658,30 @@ def write_report(runs: list[Run], out_dir: str, title: str = "Run comparison", m
         plots.append(fname)
     paths += [os.path.join(out_dir, p) for p in plots]
     write_text(os.path.join(out_dir, "results.csv"), csv_text(rank(runs, metric)))
-    write_text(os.path.join(out_dir, "report.md"), report_markdown(runs, plots, title, metric))
+    write_text(os.path.join(out_dir, "report.md"), report_markdown(runs, plots, title, metric, missing))
     return [os.path.join(out_dir, "report.md"), os.path.join(out_dir, "results.csv")] + paths
 
 
-def summary(runs: list[Run], metric: str = "val_loss") -> str:
-    """The table plus notes and impact lines, as printed on the terminal."""
+def summary(runs: list[Run], metric: str = "val_loss", missing: list[str] | None = None) -> str:
+    """The table plus notes and impact lines (with seeds: the variants' statistics), as printed on the
+    terminal."""
     out = [text_table(rank(runs, metric)), f"({WARMUP_NOTE})"]
     out += [f"note: {r.name}: {r.note}" for r in rank(runs, metric) if r.note]
+    if missing:
+        out.append(f"missing: {len(missing)} planned run(s) not completed: {', '.join(missing)}")
     att, warns = impact(runs)
-    out += ["impact:"] + [f"  {x}" for x in att] if att else []
+    if seeded(runs):
+        from modgpt import stats as ST
+        for axis, rows in seed_tables(runs, metric).items():
+            out.append(f"at equal {axis} ({_si(rows[0].at)}): {METRICS[metric][2]} mean [95% CI], vs {rows[0].group.name}:")
+            for r in rows:
+                v, d = r.value, r.diff
+                line = f"  {r.group.name} (n={len(r.group.runs)}): " + ("-" if v is None else f"{v.mean:.4f} {_ci(v.lo, v.hi)}")
+                if d is not None:
+                    line += f", {d.mean:+.4f} {_ci(d.lo, d.hi, '+.4f')}, p={_f(d.p, '.3g')}: {ST.verdict(d)}"
+                out.append(line)
+    else:
+        out += ["impact:"] + [f"  {x}" for x in att] if att else []
     out += [f"WARNING {w}" for w in warns]
     return "\n".join(out)
 
@@ -515,10 +702,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.metric not in METRICS:
             raise CompareError(f"option '--metric' must be one of {', '.join(METRICS)}; got '{a.metric}'")
         dirs = expand(a.run_dirs) if a.run_dirs else find_runs(a.runs_dir, a.latest)
+        missing = missing_runs(a.run_dirs)
         runs = [load_run(d) for d in dirs]
         out = a.out or os.path.join(a.runs_dir, "compare-" + time.strftime("%Y%m%d-%H%M%S"))
-        print(summary(runs, a.metric))
-        paths = write_report(runs, out, metric=a.metric)
+        print(summary(runs, a.metric, missing))
+        paths = write_report(runs, out, metric=a.metric, missing=missing)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,12 +50,14 @@ def test_named_variants_and_sweep_file(capsys, tmp_path):
     assert cmds[2] == ("python -m modgpt_torch.train --preset gpt2 --seed=3 --ffn_type=swiglu --activation=silu "
                        "--out_dir=R/s/03-gpt2+swiglu")
     assert cmds[3].startswith("python -m modgpt_torch.train --preset llama --seed=3 --out_dir")
-    # the shipped classic experiment: five runs, the command line overriding the file
+    # the shipped classic experiment: five variants x 3 seeds, the command line overriding the file
     classic = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sweep_classic.py")
     rc, cmds, _ = dry(capsys, classic, "--max_iters=7")
     assert rc == 0 and [c.rsplit("/", 1)[1] for c in cmds] == [
-        "01-gpt2", "02-gpt2+rope", "03-gpt2+rmsnorm", "04-gpt2+swiglu", "05-llama"]
+        f"{v}-s{s}" for v in ("01-gpt2", "02-gpt2+rope", "03-gpt2+rmsnorm", "04-gpt2+swiglu", "05-llama")
+        for s in (1337, 1338, 1339)]
     assert all("--max_iters=2000" in c and c.index("--max_iters=2000") < c.index("--max_iters=7") for c in cmds)
+    assert all(c.count("--seed=") == 1 for c in cmds) and "--seed=1338 --out_dir=R/s/02-gpt2+rope-s1338" in cmds[4]
     f = tmp_path / "sw.py"
     f.write_text("base = 'llama'\nvary = {'position_encoding': ['learned_absolute']}\nsize = 'tiny'\n")
     rc, cmds, _ = dry(capsys, str(f))
@@ -76,8 +78,17 @@ def test_named_variants_and_sweep_file(capsys, tmp_path):
     (["--base", "gpt2"], "--base needs at least one --vary"),
     (["--variants", "gpt2,llama", "--backend", "mlx"], "--backend must be one of jax, torch"),
     (["--variants", "gpt2,llama", "--dropout=2"], "variant 'gpt2': option 'dropout' must be in [0, 1)"),
+    (["--variants", "gpt2,llama", "--seeds=0"], "--seeds=0: give a number of seeds or a list of distinct seeds"),
+    (["--variants", "gpt2,llama", "--seeds=5,6,5"], "--seeds=5,6,5 repeats seed 5"),
+    (["--variants", "gpt2,llama", "--seeds=3", "--launcher=slurmm"],
+     "--launcher must be one of local, slurm; got 'slurmm' (did you mean 'slurm'?)"),
+    (["--variants", "gpt2,llama", "--launcher=slurm"], "--launcher=slurm needs sbatch on the PATH"),
+    (["--variants", "gpt2,llama", "--parallel_runs=3"], "--parallel_runs=3 is more than the 2 GPU(s) available (0,1)"),
+    (["--variants", "gpt2,llama", "--parallel_runs=0"], "--parallel_runs must be a whole number >= 1"),
 ])
-def test_validation_fails_up_front(tmp_path, capsys, argv, msg):
+def test_validation_fails_up_front(tmp_path, capsys, monkeypatch, argv, msg):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # a machine with two GPUs, as far as the sweep can tell
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     rc = S.main([*argv, "--runs_dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and msg in err and err.count("\n") == 1
@@ -110,8 +121,8 @@ def test_sweep_runs_reports_and_continues_after_failure(tmp_path, capsys, monkey
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     monkeypatch.setenv("PYTHONPATH", root)
     monkeypatch.setattr(S, "backend_available", lambda b: True)
-    monkeypatch.setattr(S, "command", lambda v, backend, rest, python=sys.executable: [
-        python, str(fake), *rest, *[f"--{k}={x}" for k, x in v.changes.items()], f"--out_dir={v.run_dir}"])
+    monkeypatch.setattr(S, "command", lambda job, backend, rest, python=sys.executable: [
+        python, str(fake), *rest, *[f"--{k}={x}" for k, x in job.variant.changes.items()], f"--out_dir={job.run_dir}"])
     runs = tmp_path / "runs"
     rc = S.main(["--base", "gpt2", "--vary", "normalization=rmsnorm", "--vary", "position_encoding=rope",
                  "--runs_dir", str(runs), "--name", "sw"])
@@ -137,24 +148,69 @@ def test_sweep_runs_reports_and_continues_after_failure(tmp_path, capsys, monkey
     assert "already exists" in capsys.readouterr().err
 
 
-def test_real_sweep_two_configs(tmp_path, data_dir):
-    """A tiny real sweep on CPU with the torch backend (about 10 s): two runs, the report, the CSV and
-    four plots."""
+def test_real_seeded_sweep_in_parallel_then_rerun(tmp_path, data_dir):
+    """A tiny real sweep on CPU with the torch backend: 2 variants x 3 seeds, 2 runs at a time (about
+    30 s); the report's seed statistics; then the same command again skips the 5 completed runs and
+    resumes the one whose log has no end (as if it had been killed after its last checkpoint)."""
     import subprocess
     runs = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "modgpt.sweep", "--base", "gpt2", "--vary", "position_encoding=rope",
-                        "--backend", "torch", "--size=tiny", "--max_iters=6", "--eval_interval=3", "--eval_iters=2",
-                        "--batch_size=4", f"--data_dir={data_dir}", "--device=cpu", "--runs_dir", str(runs),
-                        "--name", "two"], capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "modgpt.sweep", "--base", "gpt2", "--vary", "position_encoding=rope", "--seeds=3",
+           "--parallel_runs=2", "--backend", "torch", "--size=tiny", "--max_iters=6", "--eval_interval=3",
+           "--eval_iters=2", "--batch_size=4", f"--data_dir={data_dir}", "--device=cpu", "--runs_dir", str(runs),
+           "--name", "seeded"]
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "[1/2] gpt2: completed" in r.stdout and "[2/2] gpt2+position_encoding=rope: completed" in r.stdout
-    sw = runs / "two"
+    assert "sweep of 6 runs on torch" in r.stdout and "2 at a time sharing the CPU" in r.stdout
+    for s in (1337, 1338, 1339):
+        assert f"gpt2+position_encoding=rope (seed {s}): completed" in r.stdout
+    sw = runs / "seeded"
     rows = list(csv.DictReader(open(sw / "results.csv")))
-    assert sorted(r["run"] for r in rows) == ["01-gpt2", "02-gpt2+position_encoding=rope"]
-    assert all(r["status"] == "completed" and int(r["iters"]) == 6 and float(r["best_val_loss"]) > 0 for r in rows)
-    assert rows[0]["tokens"] == rows[1]["tokens"] == str(6 * 4 * 64)  # the same token budget
+    assert len(rows) == 6 and all(r["status"] == "completed" and int(r["iters"]) == 6 for r in rows)
+    assert len({r["best_val_loss"] for r in rows}) == 6  # the seeds give different runs
+    seeds = list(csv.DictReader(open(sw / "seeds.csv")))
+    assert [(r["axis"], r["variant"], r["n"], r["seeds"]) for r in seeds] == [
+        (a, v, "3", "1337 1338 1339") for a in ("tokens", "flops") for v in ("gpt2", "gpt2+position_encoding=rope")]
+    assert seeds[1]["test"] == "paired t (3 seeds)" and 0 <= float(seeds[1]["p"]) <= 1
     md = (sw / "report.md").read_text()
-    assert "position_encoding: learned_absolute -> rope: val loss" in md and "WARNING" not in md
-    for name in ("step", "tokens", "flops", "time"):
-        png = sw / f"loss_vs_{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1024
+    assert "## Seeds and significance" in md and "| +rope | gpt2+position_encoding=rope |" in md
+    for name in ("seeds_mean_curves", "loss_vs_step", "loss_vs_flops"):
+        assert (sw / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    log = sw / "02-gpt2+position_encoding=rope-s1338" / "log.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(ln for ln in lines if '"type":"end"' not in ln))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(continuing it)" in r.stdout and r.stdout.count("already completed; skipped") == 5
+    assert "gpt2+position_encoding=rope (seed 1338) (2L-2H-64D-RoPE-LN-GELU-PreNorm-Bias-Tied): resuming" in r.stdout
+    assert "gpt2+position_encoding=rope (seed 1338): completed" in r.stdout
+    assert '"event":"resumed"' in log.read_text()
+
+
+def test_slurm_array_script(tmp_path, capsys, monkeypatch):
+    """--launcher=slurm: one array task per variant x seed, the resources asked for, each task skipping
+    a completed run and resuming a started one; --dry_run writes it only, with sbatch it is submitted."""
+    import subprocess
+    argv = ["--variants", "gpt2,gpt2+rope", "--seeds=1,2", "--launcher=slurm", "--slurm_partition=gpu",
+            "--slurm_time=02:00:00", "--slurm_gpus=1", "--slurm_setup=source .venv/bin/activate",
+            "--parallel_runs=3", "--runs_dir", str(tmp_path / "runs"), "--name", "sl", "--size=tiny"]
+    assert S.main([*argv, "--dry_run"]) == 0
+    script = tmp_path / "runs" / "sl" / "sweep.sbatch"
+    assert f"wrote {script} (4 array tasks; dry run: not submitted)" in capsys.readouterr().out
+    text = script.read_text()
+    for line in ("#SBATCH --array=0-3%3", "#SBATCH --partition=gpu", "#SBATCH --time=02:00:00",
+                 "#SBATCH --gpus-per-task=1", "source .venv/bin/activate",
+                 f"  2) dir={tmp_path}/runs/sl/02-gpt2+rope-s1; cmd=(python -m modgpt_torch.train --preset gpt2 "
+                 f"--size=tiny --position_encoding=rope --seed=1 --out_dir={tmp_path}/runs/sl/02-gpt2+rope-s1) ;;",
+                 'if [ "$state" = resume ]; then cmd+=(--init_from=resume); fi'):
+        assert line in text.splitlines(), line
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho \"$1\" > \"$(dirname \"$1\")/submitted\"\necho Submitted batch job 42\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert S.main(argv) == 0
+    assert "Submitted batch job 42 (4 array tasks" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "sl" / "submitted").read_text().strip() == str(script)

@@ -415,6 +415,10 @@ def run_local(jobs: list[Job], backend: str, rest: list[str], k: int, devices: l
     (a checkpoint; the same command resumes them)."""
     n, env = len(jobs), child_env(k)
     pending = list(enumerate(jobs, 1))
+
+    def stop(signum, frame):  # SIGTERM (a cluster's preemption) stops the sweep as Ctrl-C does
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
     running: dict = {}  # Popen -> (index, job, device, output file)
     free = list(devices)
     failed: list[str] = []
@@ -435,8 +439,10 @@ def run_local(jobs: list[Job], backend: str, rest: list[str], k: int, devices: l
                 print(f"[{i}/{n}] {job.label} ({C.arch_name(job.variant.config.model)}{where}): "
                       f"{'resuming' if state == 'resume' else 'starting'}", flush=True)
                 f = open(job.out_path, "a")  # a resumed run's output follows its earlier output
+                # a session of its own: a Ctrl-C reaches the sweep only, which passes on one SIGTERM (a
+                # second signal would make a run stop at once instead of at a checkpoint)
                 running[subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=e)] = (i, job, dev, f)
+                                         env=e, start_new_session=True)] = (i, job, dev, f)
             for proc in [p for p in running if p.poll() is not None]:
                 i, job, dev, f = running.pop(proc)
                 f.close()
@@ -458,6 +464,8 @@ def run_local(jobs: list[Job], backend: str, rest: list[str], k: int, devices: l
             f.close()
             failed.append(job.label)
         failed += [job.label for _, job in pending]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return failed
 
 

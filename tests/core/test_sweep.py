@@ -214,3 +214,45 @@ def test_slurm_array_script(tmp_path, capsys, monkeypatch):
     assert S.main(argv) == 0
     assert "Submitted batch job 42 (4 array tasks" in capsys.readouterr().out
     assert (tmp_path / "runs" / "sl" / "submitted").read_text().strip() == str(script)
+
+
+FAKE_LONG_RUN = textwrap.dedent("""
+    import os, signal, sys, time
+    got = []
+    signal.signal(signal.SIGTERM, lambda s, f: got.append("TERM"))
+    signal.signal(signal.SIGINT, lambda s, f: got.append("INT"))
+    print("started", flush=True)
+    t0 = time.time()
+    while not got and time.time() - t0 < 60:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a second signal would arrive by now
+    print("signals:", ",".join(got), flush=True)
+""")
+
+
+def test_sigterm_stops_the_running_runs_with_one_signal_each(tmp_path, capsys, monkeypatch):
+    """SIGTERM (or Ctrl-C) to a sweep: each running run gets one SIGTERM, so it stops at its next step
+    boundary with a checkpoint (a second signal would stop it at once), and the sweep says how to go on."""
+    import signal
+    import threading
+    import time
+    fake = tmp_path / "long_run.py"
+    fake.write_text(FAKE_LONG_RUN)
+    monkeypatch.setattr(S, "backend_available", lambda b: True)
+    monkeypatch.setattr(S, "command", lambda job, backend, rest, python=sys.executable: [python, str(fake)])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: a CPU machine
+    outs = [tmp_path / "runs" / "t" / f"0{i}-{v}.out" for i, v in ((1, "gpt2"), (2, "llama"))]
+
+    def term_when_started():
+        t0 = time.time()
+        while time.time() - t0 < 30 and not all(o.is_file() and "started" in o.read_text() for o in outs):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=term_when_started, daemon=True).start()
+    rc = S.main(["--variants", "gpt2,llama", "--parallel_runs=2", "--runs_dir", str(tmp_path / "runs"), "--name", "t"])
+    out = capsys.readouterr()
+    assert rc == 1 and "interrupted: stopping 2 running run(s) at their next step boundary" in out.out
+    assert "2 of 2 runs failed" in out.err
+    assert [o.read_text().split()[-1] for o in outs] == ["TERM", "TERM"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the sweep's own handler is gone again

@@ -495,13 +495,9 @@ def seed_csv(runs: list[Run], metric: str) -> str:
 def plot_seeds(runs: list[Run], metric: str) -> bytes:
     """PNG bytes: each variant's mean validation curve over its seeds, with a min-max band, against
     tokens (left) and training FLOPs (right)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from modgpt import stats as ST
-    fig = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    for ax, (axis, title, unit) in zip(fig.subplots(1, 2), AXES):
+    fig, axes = _figure()
+    for ax, (axis, title, unit) in zip(axes, AXES):
         for g in ST.group(runs):
             curves = [ST.curve(r, metric, axis) for r in g.runs]
             xs = sorted(set.intersection(*[{x for x, _ in c} for c in curves])) if all(curves) else []
@@ -511,15 +507,8 @@ def plot_seeds(runs: list[Run], metric: str) -> bytes:
             mean = [sum(y) / len(y) for y in ys]
             line, = ax.plot(xs, mean, "-", marker="o", markersize=3, label=f"{g.name} (n={len(g.runs)})")
             ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
-        ax.set_title(f"{METRICS[metric][2]}: mean over seeds, min-max band, vs {unit}")
-        ax.set_xlabel(unit)
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+        _label(ax, f"{METRICS[metric][2]}: mean over seeds, min-max band, vs {unit}", unit)
+    return _png(fig)
 
 
 def missing_runs(paths: list[str]) -> list[str]:
@@ -549,6 +538,32 @@ def missing_runs(paths: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Plots (matplotlib's object API on the Agg canvas: no pyplot, no display, no global state).
+def _figure():
+    """A two-panel figure on the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, 2)
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def _xs(points, kind: str, fpt):
     idx = {"step": 0, "tokens": 1, "time": 2, "flops": 1}[kind]
     out = []
@@ -562,11 +577,7 @@ def _xs(points, kind: str, fpt):
 
 def plot(runs: list[Run], kind: str, xlabel: str, metric: str = "val_loss") -> bytes:
     """PNG bytes: train loss (left) and the validation metric (right) of every run against one x axis."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    fig, axes = _figure()
     _, val_curve, val_title = METRICS[metric]
     for ax, curve, title in ((axes[0], "train_curve", "train loss"), (axes[1], val_curve, val_title)):
         for r in runs:
@@ -576,39 +587,20 @@ def plot(runs: list[Run], kind: str, xlabel: str, metric: str = "val_loss") -> b
                 style = "-" if r.status in ("completed", "running") else "--"
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o" if curve != "train_curve" else None,
                         markersize=3, linewidth=1.2, label=label)
-        ax.set_title(f"{title} vs {xlabel}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("bits per byte" if curve == "bpb_curve" else "loss")
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+        _label(ax, f"{title} vs {xlabel}", xlabel, "bits per byte" if curve == "bpb_curve" else "loss")
+    return _png(fig)
 
 
 def plot_task(runs: list[Run], task: str) -> bytes:
     """PNG bytes: the task's acc_norm at each evaluation against tokens (left) and training FLOPs (right)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    for ax, (_, kind, xlabel) in zip(fig.subplots(1, 2), (PLOTS[1], PLOTS[2])):
+    fig, axes = _figure()
+    for ax, (_, kind, xlabel) in zip(axes, (PLOTS[1], PLOTS[2])):
         for r in runs:
             pts = _xs(r.task_curves.get(task, []), kind, r.flops_per_token)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="o", markersize=3, label=r.name)
-        ax.set_title(f"{task} acc_norm vs {xlabel}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("acc_norm")
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+        _label(ax, f"{task} acc_norm vs {xlabel}", xlabel, "acc_norm")
+    return _png(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,7 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {paths[0]}, {os.path.basename(paths[1])} and {len(paths) - 2} plots in {out}")
+    extra = "".join(f", {os.path.basename(p)}" for p in paths[2:] if not p.endswith(".png"))
+    print(f"wrote {paths[0]}, {os.path.basename(paths[1])}{extra} and "
+          f"{sum(p.endswith('.png') for p in paths)} plots in {out}")
     return 0
 
 

@@ -88,10 +88,9 @@ def steps(ea, tag):
 
 
 def test_tensorboard_files_and_resume_after_a_kill(tmp_path, trackers):
-    """Session 1 logs iterations 0-5, evaluates at 0 and 4, checkpoints at 4, and is killed (no end
-    record, no close: each record was flushed as written). Session 2 resumes from the checkpoint at
-    4 and logs 4-7 with other values: TensorBoard's reader sees each step once, the first session's
-    values where both logged one (log.jsonl has both), the second's after."""
+    """A run killed after logging iterations 0-5 (evaluations at 0 and 4, a checkpoint at 4; no end
+    record, no close) and resumed from 4 with other values: TensorBoard's reader sees each step once,
+    the killed run's values where both logged one (log.jsonl has both), the resumed run's after."""
     out = tmp_path / "run"
     session(out, False, range(6), {0, 4}, 4, lambda it: 10.0 - it, end=False)
     session(out, True, range(4, 8), {4}, None, lambda it: 100.0 + it)
